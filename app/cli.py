@@ -1,0 +1,394 @@
+"""The `pinnace` command line. Every failure is one readable line and a non-zero exit:
+0 ok, 1 failure, 2 usage. Details go to the agent log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from app import dockerctx
+from hypervisor import bootlog, engine, launcher
+from hypervisor import settings as settings_mod
+from hypervisor.control import Status
+from hypervisor.disk import GIB
+from hypervisor.errors import PinnaceError, SettingsError
+from hypervisor.paths import Paths
+from hypervisor.settings import HostFacts
+from vmimage import cli as image_cli
+from vmimage.errors import ImageError
+
+log = logging.getLogger("pinnace.cli")
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2."""
+
+
+def version() -> str:
+    try:
+        return metadata.version("pinnace")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pinnace", description="Docker Engine in a tiny, fast VM.")
+    p.add_argument("--version", action="version", version=f"pinnace {version()}")
+    p.add_argument("--name", default="default", help="instance name (default: default)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("start", help="boot the engine VM in the background")
+    s.add_argument("--cpus", type=int)
+    s.add_argument("--memory", type=int, metavar="MIB", dest="memory_mib")
+    s.add_argument("--disk", type=int, metavar="GIB", dest="disk_gib")
+    s.add_argument("--accel", choices=sorted(settings_mod.ACCELS))
+    s.add_argument("--use-context", action="store_true", help="also make `pinnace` the current docker context")
+    sub.add_parser("stop", help="shut the VM down cleanly")
+    sub.add_parser("restart", help="stop, then start")
+    st = sub.add_parser("status", help="state, accelerator, resources, socket")
+    st.add_argument("--json", action="store_true")
+    r = sub.add_parser("reset", help="delete the data disk and keys (containers, images, volumes) and start fresh")
+    r.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    lg = sub.add_parser("logs", help="show the agent log or the guest's serial console")
+    lg.add_argument("--follow", "-f", action="store_true")
+    which = lg.add_mutually_exclusive_group()
+    which.add_argument("--serial", action="store_true", help="the guest's serial console")
+    which.add_argument("--agent", action="store_true", help="the host agent's log (default)")
+    c = sub.add_parser("config", help="read or change settings")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="{get,set,show}")
+    g = csub.add_parser("get")
+    g.add_argument("key")
+    cs = csub.add_parser("set")
+    cs.add_argument("key")
+    cs.add_argument("value")
+    csub.add_parser("show")
+    sh = sub.add_parser("ssh", help="a shell (or a command) in the guest")
+    sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
+    e = sub.add_parser("env", help="print DOCKER_HOST for your shell")
+    e.add_argument("--shell", choices=["sh", "fish", "powershell"],
+                   default="powershell" if sys.platform == "win32" else "sh")
+    img = sub.add_parser("image", help="build or describe the guest image")
+    image_cli.add_arguments(img)
+    sub.add_parser("tray", help="start the tray app")
+    return p
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _host() -> HostFacts:
+    return HostFacts.detect()
+
+
+def _current_disk_gib(paths: Paths) -> int | None:
+    try:
+        from hypervisor.disk import virtual_size_gib
+        from hypervisor.qemu_binary import find_qemu_img
+        from hypervisor.hostinfo import host_os
+
+        if not paths.data_disk.exists():
+            return None
+        return virtual_size_gib(find_qemu_img(host_os(), os.environ, shutil.which, Path.is_file), paths.data_disk)
+    except PinnaceError:
+        return None
+
+
+def load_settings(paths: Paths) -> settings_mod.Settings:
+    return settings_mod.load(paths.settings_file, _host(), _current_disk_gib(paths))
+
+
+def _mib(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n // 1024} GiB" if n % 1024 == 0 else f"{n} MiB"
+
+
+def describe(status: Status) -> str:
+    lines = [f"instance   {status.instance}", f"state      {status.state}" +
+             (f" ({status.reason})" if status.reason and status.state != "running" else "")]
+    if status.stage and status.state == "starting":
+        lines.append(f"stage      {status.stage}")
+    if status.accel:
+        lines.append(f"accel      {status.accel} — {status.accel_reason}")
+    if status.accel_warning:
+        lines.append(f"warning    {status.accel_warning}")
+    if status.agent_pid or status.qemu_pid:
+        lines.append(f"pids       agent {status.agent_pid or '-'}, qemu {status.qemu_pid or '-'}")
+    if status.state == "running" and status.ready_at:
+        lines.append(f"uptime     {int(time.time() - (status.started_at or status.ready_at))} s")
+    if status.cpus:
+        lines.append(f"resources  {status.cpus} CPUs, {_mib(status.memory_mib)} memory, {status.disk_gib} GiB disk")
+    if status.engine_version:
+        lines.append(f"engine     Docker {status.engine_version}")
+    if status.docker_socket:
+        lines.append(f"socket     {status.docker_socket}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """Prints each new boot stage with the seconds since start."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last = ""
+
+    def __call__(self, status: Status) -> None:
+        label = status.stage or status.state
+        if label != self.last and status.state in ("starting", "stopping"):
+            self.last = label
+            print(f"  {time.monotonic() - self.started:5.1f} s  {label}", flush=True)
+
+
+def _print_ready(paths: Paths, status: Status, use_context: bool) -> None:
+    host = launcher.docker_host(paths)
+    print(f"Pinnace is running: Docker {status.engine_version} ({status.accel})")
+    if status.accel_warning:
+        print(f"warning: {status.accel_warning}")
+    print(f"engine socket: {paths.docker_socket}")
+    ctx = dockerctx.ensure_context(paths.instance, host, use=use_context)
+    if ctx and use_context:
+        print(f"docker context '{ctx}' is now current")
+    elif ctx:
+        print(f"use it with:   docker context use {ctx}")
+        print(f"          or:  export DOCKER_HOST={host}")
+    else:
+        print(f"use it with:   export DOCKER_HOST={host}")
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in ("cpus", "memory_mib", "disk_gib", "accel")
+                 if getattr(args, k) is not None}
+    current = load_settings(paths)
+    if overrides:
+        updated = current
+        for key, value in overrides.items():
+            updated = settings_mod.set_value(updated, key, str(value), _host(), _current_disk_gib(paths))
+        settings_mod.save(paths.settings_file, updated, _host(), _current_disk_gib(paths))
+    status = launcher.client(paths)
+    if status.is_alive():
+        now = status.status()
+        if now.state == "running":
+            print(f"pinnace: instance '{paths.instance}' is already running")
+            _print_ready(paths, now, args.use_context)
+            return 0
+    elif launcher.qemu_running(paths):
+        print(f"pinnace: instance '{paths.instance}' was running without its agent: re-adopting it")
+    print(f"Starting Pinnace instance '{paths.instance}'…", flush=True)
+    control = launcher.ensure_agent(paths)
+    final = launcher.wait_for(control, {"running", "error", "stopped"}, Progress())
+    if final.state != "running":
+        print(f"pinnace: start failed: {final.reason or final.state} (details: pinnace logs)", file=sys.stderr)
+        return 1
+    _print_ready(paths, final, args.use_context)
+    return 0
+
+
+def cmd_stop(paths: Paths, _args: argparse.Namespace) -> int:
+    control = launcher.client(paths)
+    if not control.is_alive():
+        if launcher.qemu_running(paths):
+            control = launcher.ensure_agent(paths)
+        else:
+            print(f"pinnace: instance '{paths.instance}' is not running")
+            return 0
+    started = time.monotonic()
+    print(f"Stopping '{paths.instance}'…", flush=True)
+    control.call("stop", timeout=120)
+    print(f"stopped in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_restart(paths: Paths, args: argparse.Namespace) -> int:
+    control = launcher.client(paths)
+    if not control.is_alive() and not launcher.qemu_running(paths):
+        args.use_context = False
+        for key in ("cpus", "memory_mib", "disk_gib", "accel"):
+            setattr(args, key, None)
+        return cmd_start(paths, args)
+    control = launcher.ensure_agent(paths)
+    print(f"Restarting '{paths.instance}'…", flush=True)
+    status = Status.from_dict(control.call("restart", timeout=900))
+    if status.state != "running":
+        print(f"pinnace: restart failed: {status.reason}", file=sys.stderr)
+        return 1
+    _print_ready(paths, status, False)
+    return 0
+
+
+def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
+    status = launcher.current_status(paths)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(describe(status))
+    return 0 if status.state != "error" else 1
+
+
+def reset_summary(paths: Paths, status: Status) -> list[str]:
+    lines = []
+    if status.state == "running" and status.docker_socket:
+        try:
+            code, body = engine.unix_get(status.docker_socket, "/system/df")
+            if code == 200:
+                u = engine.usage_summary(json.loads(body))
+                lines.append(f"  {u['containers']} containers, {u['images']} images, {u['volumes']} volumes "
+                             f"({u['bytes'] / GIB:.2f} GiB)")
+        except (OSError, ValueError) as exc:
+            log.info("engine usage unavailable: %s", exc)
+    if not lines:
+        lines.append("  every container, image and volume (the engine is not running, so they cannot be counted)")
+    if paths.data_disk.exists():
+        lines.append(f"  the data disk {paths.data_disk} ({paths.data_disk.stat().st_blocks * 512 / GIB:.2f} GiB on disk)")
+    lines.append("  the instance's SSH keys (new ones are made)")
+    return lines
+
+
+def cmd_reset(paths: Paths, args: argparse.Namespace) -> int:
+    status = launcher.current_status(paths)
+    print(f"Reset deletes, for instance '{paths.instance}':")
+    print("\n".join(reset_summary(paths, status)))
+    print(f"and keeps your settings ({paths.settings_file}).")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("reset needs confirmation: run it in a terminal or pass --yes")
+        answer = input("Delete all of this and start fresh? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("reset cancelled; nothing was deleted")
+            return 1
+    control = launcher.client(paths)
+    if control.is_alive() or launcher.qemu_running(paths):
+        control = launcher.ensure_agent(paths)
+        final = Status.from_dict(control.call("reset", timeout=900))
+    else:
+        paths.data_disk.unlink(missing_ok=True)
+        shutil.rmtree(paths.keys_dir, ignore_errors=True)
+        print("data disk and keys deleted; starting fresh…", flush=True)
+        control = launcher.ensure_agent(paths)
+        final = launcher.wait_for(control, {"running", "error", "stopped"}, Progress())
+    if final.state != "running":
+        print(f"pinnace: reset failed: {final.reason}", file=sys.stderr)
+        return 1
+    print("reset done: the engine is running with an empty data disk")
+    return 0
+
+
+def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
+    path = paths.serial_log if args.serial else paths.agent_log
+    if not path.exists():
+        print(f"pinnace: no log yet at {path}", file=sys.stderr)
+        return 1
+    with open(path, "rb") as f:
+        sys.stdout.buffer.write(f.read())
+        sys.stdout.flush()
+        while args.follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.3)
+    return 0
+
+
+def cmd_config(paths: Paths, args: argparse.Namespace) -> int:
+    current = load_settings(paths)
+    if args.config_command == "show":
+        print(settings_mod.to_toml(current), end="")
+        return 0
+    if args.config_command == "get":
+        print(settings_mod.get_value(current, args.key))
+        return 0
+    disk_gib = _current_disk_gib(paths)
+    updated = settings_mod.set_value(current, args.key, args.value, _host(), disk_gib)
+    settings_mod.save(paths.settings_file, updated, _host(), disk_gib)
+    print(f"{args.key} = {settings_mod.get_value(updated, args.key)}")
+    if launcher.client(paths).is_alive():
+        print("the new value applies at the next start (pinnace restart)")
+    return 0
+
+
+def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
+    for line in dockerctx.env_lines(launcher.docker_host(paths), args.shell):
+        print(line)
+    return 0
+
+
+def cmd_ssh(paths: Paths, args: argparse.Namespace) -> int:
+    status = launcher.current_status(paths)
+    if status.state != "running" or not status.ssh_port:
+        print(f"pinnace: instance '{paths.instance}' is not running", file=sys.stderr)
+        return 1
+    from hypervisor.keys import ensure_instance_keys
+
+    keys = ensure_instance_keys(paths.keys_dir, paths.instance)
+    known = Path(tempfile.mkdtemp(prefix="pinnace-ssh-")) / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{status.ssh_port} {keys.host_public}\n")
+    known.chmod(0o600)
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        print("pinnace: the OpenSSH client (ssh) is needed for `pinnace ssh`", file=sys.stderr)
+        return 1
+    argv = [ssh, "-q", "-i", str(keys.client_key), "-p", str(status.ssh_port),
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "root@127.0.0.1", *cmd]
+    sys.stdout.flush()
+    import subprocess
+
+    return subprocess.call(argv)
+
+
+def cmd_tray(paths: Paths, _args: argparse.Namespace) -> int:
+    from app.tray_main import main as tray_main
+
+    return int(tray_main(["--name", paths.instance]) or 0)
+
+
+COMMANDS = {
+    "start": cmd_start, "stop": cmd_stop, "restart": cmd_restart, "status": cmd_status,
+    "reset": cmd_reset, "logs": cmd_logs, "config": cmd_config, "env": cmd_env, "ssh": cmd_ssh,
+    "tray": cmd_tray,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="pinnace: %(message)s")
+    try:
+        if args.command == "image":
+            return image_cli.run(args)
+        paths = Paths.for_instance(args.name)
+        paths.ensure_dirs()
+        return COMMANDS[args.command](paths, args)
+    except UsageError as exc:
+        print(f"pinnace: {exc}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"pinnace: {exc}", file=sys.stderr)
+        return 2 if args.command == "config" else 1
+    except (PinnaceError, ImageError) as exc:
+        print(f"pinnace: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pinnace: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

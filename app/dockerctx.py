@@ -1,0 +1,45 @@
+"""The `pinnace` docker context: created or updated at start, never made current unless asked."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+log = logging.getLogger(__name__)
+
+CONTEXT = "pinnace"
+
+
+def context_name(instance: str) -> str:
+    return CONTEXT if instance == "default" else f"{CONTEXT}-{instance}"
+
+
+def context_argv(docker: str, name: str, host: str, exists: bool) -> list[str]:
+    verb = "update" if exists else "create"
+    return [docker, "context", verb, name, "--description", "Pinnace engine VM", "--docker", f"host={host}"]
+
+
+def ensure_context(instance: str, host: str, use: bool = False) -> str | None:
+    """Returns the context name, or None when the docker CLI is not installed."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    name = context_name(instance)
+    run = lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=20)  # noqa: E731
+    exists = run([docker, "context", "inspect", name]).returncode == 0
+    result = run(context_argv(docker, name, host, exists))
+    if result.returncode != 0:
+        log.warning("docker context %s failed: %s", name, result.stderr.strip())
+        return None
+    if use:
+        run([docker, "context", "use", name])
+    return name
+
+
+def env_lines(host: str, shell: str) -> list[str]:
+    if shell == "powershell":
+        return [f'$Env:DOCKER_HOST = "{host}"']
+    if shell == "fish":
+        return [f"set -gx DOCKER_HOST {host}"]
+    return [f"export DOCKER_HOST={host}"]

@@ -1,0 +1,44 @@
+"""The tray's own small preferences (not VM settings): a JSON file in the instance config dir.
+
+Kept apart from settings.toml because the CLI's validator owns that file and these choices
+(e.g. what Quit does) mean nothing to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+QUIT_CHOICES = ("ask", "stop", "keep")
+FILE_NAME = "tray.json"
+
+
+@dataclass
+class TrayPrefs:
+    quit_action: str = "ask"  # "ask" | "stop" (stop the VM too) | "keep" (leave it running)
+
+    @classmethod
+    def load(cls, config_dir: Path) -> TrayPrefs:
+        path = Path(config_dir) / FILE_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return cls()
+        action = data.get("quit_action") if isinstance(data, dict) else None
+        return cls(quit_action=action if action in QUIT_CHOICES else "ask")
+
+    def save(self, config_dir: Path) -> None:
+        config_dir = Path(config_dir)
+        config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = config_dir / FILE_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)

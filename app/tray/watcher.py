@@ -1,0 +1,104 @@
+"""Follows the agent's `watch` stream on a daemon thread and re-emits each Status on the GUI thread.
+
+A daemon thread (not a QThread) because `watch()` blocks in recv() with no way to interrupt it;
+quitting the app must never wait for the agent. When no agent answers, the agent's last words
+in state.json are reported instead, so a start that died still shows its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from PySide6.QtCore import QObject, Signal
+
+from hypervisor.control import Status
+from hypervisor.errors import PinnaceError
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = ("starting", "running", "stopping")
+
+
+class WatchSource(Protocol):
+    def watch(self, timeout: float | None = None) -> Iterator[Status]: ...
+
+
+def last_words(state_file: Path, instance: str) -> Status | None:
+    """The status a dead agent left behind; live states are stale without an agent, so -> stopped."""
+    try:
+        data = json.loads(Path(state_file).read_text(encoding="utf-8"))
+        status = Status.from_dict({"instance": instance, **data})
+    except (OSError, ValueError, TypeError):
+        return None
+    if status.state in LIVE_STATES:
+        status.state = "stopped"
+    return status
+
+
+class StatusWatcher(QObject):
+    """`status(Status | None)`: None means no agent is running and it left no status behind."""
+
+    status = Signal(object)
+
+    def __init__(
+        self,
+        client_factory: Callable[[], WatchSource],
+        state_file: Path | None = None,
+        instance: str = "default",
+        parent: QObject | None = None,
+        min_delay: float = 0.5,
+        max_delay: float = 5.0,
+    ) -> None:
+        super().__init__(parent)
+        self._factory, self._state_file, self._instance = client_factory, state_file, instance
+        self._min_delay, self._max_delay = min_delay, max_delay
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pinnace-status-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Reconnect now (e.g. right after we spawned the agent) instead of after the back-off."""
+        self._wake.set()
+
+    def _emit(self, status: Status | None) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self.status.emit(status)
+        except RuntimeError:  # our QObject is gone: the app is shutting down
+            self._stop.set()
+
+    def _run(self) -> None:
+        delay = self._min_delay
+        while not self._stop.is_set():
+            got_any = False
+            try:
+                for st in self._factory().watch():
+                    got_any = True
+                    delay = self._min_delay
+                    self._emit(st)
+                    if self._stop.is_set():
+                        return
+            except PinnaceError as exc:
+                log.debug("watch: %s", exc)
+            except Exception:  # noqa: BLE001 - a bug here must not kill status updates for good
+                log.exception("status watch failed")
+            self._emit(last_words(self._state_file, self._instance) if self._state_file else None)
+            if not got_any:
+                self._wake.wait(delay)
+                self._wake.clear()
+                delay = min(delay * 2, self._max_delay)

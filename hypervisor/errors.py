@@ -1,0 +1,69 @@
+"""One root exception for the machine layer; every subclass keeps its underlying cause.
+
+`str(err)` is a single readable line ("message: cause") that the CLI prints as it is.
+"""
+
+from __future__ import annotations
+
+
+class PinnaceError(Exception):
+    """Root of every error the hypervisor package raises on purpose."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+
+    def __str__(self) -> str:
+        if self.cause is None:
+            return self.message
+        detail = str(self.cause).strip().splitlines()
+        return f"{self.message}: {detail[0]}" if detail else self.message
+
+
+class SettingsError(PinnaceError):
+    """The settings file or a requested value is invalid (names the key)."""
+
+
+class QemuNotFoundError(PinnaceError):
+    """No usable qemu-system binary; the message says how to install one."""
+
+
+class QemuVersionError(PinnaceError):
+    """QEMU is older than Pinnace supports."""
+
+
+class AcceleratorError(PinnaceError):
+    """An explicitly requested accelerator is unavailable or failed its probe."""
+
+
+class MachineError(PinnaceError):
+    """QEMU failed to start, died, or the guest did not become ready."""
+
+
+class StateError(PinnaceError):
+    """An operation is not allowed in the instance's current state."""
+
+
+class MonitorError(PinnaceError):
+    """The QMP connection failed or a command was refused."""
+
+
+class ControlError(PinnaceError):
+    """The host agent's control API could not be reached or answered an error."""
+
+
+class SSHError(PinnaceError):
+    """The SSH transport to the guest failed."""
+
+
+class HostKeyMismatchError(SSHError):
+    """The guest presented a host key other than the pinned one."""
+
+
+class ForwardError(PinnaceError):
+    """A socket or port forward could not be set up."""
+
+
+class ImageMissingError(PinnaceError):
+    """The guest image has not been built (or its manifest is unreadable)."""

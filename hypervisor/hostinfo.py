@@ -1,0 +1,103 @@
+"""Small, read-only facts about the host (OS, CPU, memory) shared by the machine layer.
+
+Kept separate so the pure modules can take these facts as parameters and tests can fake them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+HOST_OSES = ("linux", "darwin", "windows")
+
+
+def host_os(plat: str | None = None) -> str:
+    """Normalise `sys.platform` to "linux", "darwin" or "windows" (other Unixes pass through)."""
+    plat = sys.platform if plat is None else plat
+    if plat.startswith("linux"):
+        return "linux"
+    if plat == "darwin":
+        return "darwin"
+    if plat in ("win32", "cygwin", "msys"):
+        return "windows"
+    return plat
+
+
+def host_arch(machine: str | None = None) -> str:
+    """Normalise `platform.machine()` to the QEMU guest arch names "x86_64" or "aarch64"."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine in ("x86_64", "amd64", "x64"):
+        return "x86_64"
+    if machine in ("arm64", "aarch64", "armv8", "armv8l"):
+        return "aarch64"
+    return machine
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (honours affinity masks / cgroup cpusets where Python exposes them)."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def total_memory_mib() -> int:
+    """Physical memory in MiB; 0 if it cannot be determined (callers treat 0 as "unknown")."""
+    try:
+        if sys.platform.startswith("linux"):
+            return _linux_memory_mib()
+        if sys.platform == "darwin":
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout
+            return int(out.strip()) // (1024 * 1024)
+        if sys.platform == "win32":
+            return _windows_memory_mib()
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        log.warning("could not determine host memory: %s", exc)
+        return 0
+
+
+def _linux_memory_mib() -> int:
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise ValueError("MemTotal missing from /proc/meminfo")
+
+
+def _windows_memory_mib() -> int:
+    import ctypes
+
+    class _MemoryStatusEx(ctypes.Structure):
+        _fields_ = [
+            ("dwLength", ctypes.c_ulong),
+            ("dwMemoryLoad", ctypes.c_ulong),
+            ("ullTotalPhys", ctypes.c_ulonglong),
+            ("ullAvailPhys", ctypes.c_ulonglong),
+            ("ullTotalPageFile", ctypes.c_ulonglong),
+            ("ullAvailPageFile", ctypes.c_ulonglong),
+            ("ullTotalVirtual", ctypes.c_ulonglong),
+            ("ullAvailVirtual", ctypes.c_ulonglong),
+            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+        ]
+
+    status = _MemoryStatusEx()
+    status.dwLength = ctypes.sizeof(_MemoryStatusEx)
+    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+        raise OSError("GlobalMemoryStatusEx failed")
+    return int(status.ullTotalPhys) // (1024 * 1024)
+
+
+def current_uid() -> int | None:
+    """The numeric user id on POSIX hosts, None on Windows."""
+    getuid = getattr(os, "getuid", None)
+    return getuid() if getuid is not None else None

@@ -1,0 +1,112 @@
+"""Finding or starting the host agent for an instance: the one code path behind `pinnace start`,
+`pinnace status` (re-adoption) and the tray's Start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hypervisor import bootlog, process
+from hypervisor.control import ControlClient, Status
+from hypervisor.errors import ControlError
+from hypervisor.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def agent_argv(paths: Paths) -> list[str]:
+    return [sys.executable, "-m", "hypervisor.agent", "--name", paths.instance]
+
+
+def client(paths: Paths, timeout: float = 5.0) -> ControlClient:
+    return ControlClient(paths.control_socket, timeout=timeout)
+
+
+def spawn_agent(paths: Paths) -> subprocess.Popen[bytes]:
+    paths.ensure_dirs()
+    with open(paths.log_dir / "agent.stderr.log", "ab") as err:
+        proc = subprocess.Popen(agent_argv(paths), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                start_new_session=True, close_fds=True, env=dict(os.environ))
+    paths.agent_pidfile.write_text(str(proc.pid))
+    return proc
+
+
+def ensure_agent(paths: Paths, timeout: float = 20.0) -> ControlClient:
+    """Return a client of the instance's agent, starting the agent (detached) if needed."""
+    control = client(paths)
+    if control.is_alive():
+        return control
+    proc = spawn_agent(paths)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if control.is_alive():
+            return control
+        if proc.poll() is not None:
+            if control.is_alive():
+                return control
+            detail = bootlog.last_lines(paths.agent_log, 1) or bootlog.last_lines(
+                paths.log_dir / "agent.stderr.log", 1)
+            raise ControlError("the agent exited at start" + (f": {detail[-1]}" if detail else ""))
+        time.sleep(0.05)
+    raise ControlError(f"the agent did not answer within {timeout:.0f} s (see {paths.agent_log})")
+
+
+def qemu_running(paths: Paths) -> bool:
+    return process.is_our_qemu(process.read_pidfile(paths.qemu_pidfile), paths.instance)
+
+
+def last_status(paths: Paths) -> Status:
+    """The agent's last words (state.json), corrected for what is no longer true."""
+    status = Status(instance=paths.instance)
+    try:
+        status = Status.from_dict(json.loads(paths.state_file.read_text()))
+    except (OSError, ValueError):
+        return status
+    if status.state in ("running", "starting", "stopping") and not qemu_running(paths):
+        status.reason = "the VM is no longer running (its QEMU process is gone)"
+        status.state = "error"
+    status.agent_pid = None
+    if status.state != "running":
+        status.docker_socket = ""
+    return status
+
+
+def current_status(paths: Paths) -> Status:
+    """Ask the agent; if it died but QEMU lives, re-adopt the VM with a new agent."""
+    control = client(paths)
+    try:
+        return control.status()
+    except ControlError:
+        pass
+    if qemu_running(paths):
+        log.info("QEMU is running without an agent: re-adopting it")
+        return ensure_agent(paths).status()
+    return last_status(paths)
+
+
+def wait_for(control: ControlClient, states: set[str], on_update=None, timeout: float = 600.0) -> Status:  # noqa: ANN001
+    """Follow the agent's status stream until a state in `states` (or the stream ends)."""
+    last: Status | None = None
+    deadline = time.monotonic() + timeout
+    for status in control.watch(timeout=timeout):
+        last = status
+        if on_update is not None:
+            on_update(status)
+        if status.state in states or time.monotonic() > deadline:
+            return status
+    if last is None:
+        raise ControlError("the agent stopped before reporting any status")
+    return last
+
+
+def docker_host(paths: Paths) -> str:
+    return f"unix://{paths.docker_socket}"
+
+
+def socket_exists(path: Path) -> bool:
+    return path.is_socket()

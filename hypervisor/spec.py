@@ -1,0 +1,159 @@
+"""The QEMU command line for a Pinnace guest, built purely from a MachineSpec (nothing is run).
+
+Every choice that differs per host OS / arch / accelerator lives in the small tables below, so
+the test table can pin them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypervisor.errors import AcceleratorError
+
+PROBE_MARKER = "PINNACE-PROBE-OK"
+
+# Which accelerators make sense where (the hardware ones need guest arch == host arch too,
+# which the caller guarantees by choosing the binary for the host arch).
+ACCEL_HOSTS: dict[str, tuple[str, ...]] = {
+    "kvm": ("linux",),
+    "hvf": ("darwin",),
+    "whpx": ("windows",),
+    "tcg": ("linux", "darwin", "windows"),
+}
+
+ACCEL_OPTION: dict[str, str] = {
+    # TCG's translation buffer defaults to ~1 GiB of host RSS; 256 MiB is plenty for this guest.
+    "tcg": "tcg,tb-size=256",
+    "kvm": "kvm",
+    "hvf": "hvf",
+    # QEMU's docs for WHPX: the in-kernel irqchip is unreliable, let QEMU emulate the APIC.
+    "whpx": "whpx,kernel-irqchip=off",
+}
+
+# kvm/hvf: pass the host CPU through. tcg: `max` enables every feature TCG emulates (on x86_64
+# that includes AES-NI, so sshd can use AES-GCM cheaply). whpx: QEMU rejects `host` without
+# KVM/HVF, and Hyper-V answers CPUID itself, so `max` is the widest model QEMU accepts there.
+CPU_MODEL: dict[str, str] = {"kvm": "host", "hvf": "host", "tcg": "max", "whpx": "max"}
+
+CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything build_argv needs; paths are host paths, already resolved."""
+
+    name: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    cmdline: str
+    data_disk: Path
+    ssh_host_port: int
+    fw_cfg: tuple[tuple[str, Path], ...]
+    serial_log: Path
+    qmp_socket: Path
+    pidfile: Path
+    host_forwards: tuple[str, ...] = ()
+    shares: tuple[object, ...] = ()  # virtiofs/9p shares land later
+
+
+def qemu_escape(value: str | Path) -> str:
+    """QEMU option values use ',' as separator; a literal comma is written ',,'."""
+    return str(value).replace(",", ",,")
+
+
+def machine_option(arch: str, accel: str) -> str:
+    """q35 on x86_64 (PCIe virtio, ACPI power button); virt on aarch64.
+
+    gic-version=max picks the best GIC the accelerator offers; we also use it with KVM because
+    the default GICv2 fails on GICv3-only hosts.
+    """
+    if arch == "x86_64":
+        return "q35"
+    if arch == "aarch64":
+        return "virt,gic-version=max"
+    raise AcceleratorError(f"arch {arch!r}: unsupported guest architecture")
+
+
+def check_accel(arch: str, accel: str, host_os: str) -> None:
+    if accel not in ACCEL_OPTION:
+        raise AcceleratorError(f"accel {accel}: unknown accelerator (expected kvm, hvf, whpx or tcg)")
+    if host_os not in ACCEL_HOSTS[accel]:
+        raise AcceleratorError(f"accel {accel}: not available on {host_os}")
+    if accel == "whpx" and arch != "x86_64":
+        raise AcceleratorError(f"accel whpx: QEMU supports it only for x86_64 guests, not {arch}")
+
+
+def console_arg(arch: str) -> str:
+    return f"console={CONSOLE[arch]}"
+
+
+def _base_argv(
+    qemu: Path, name: str, arch: str, accel: str, host_os: str, cpus: int, memory_mib: int
+) -> list[str]:
+    check_accel(arch, accel, host_os)
+    return [
+        str(qemu),
+        "-name", f"pinnace-{name},process=pinnace-{name}",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        # A guest reboot or panic ends QEMU, so the agent notices instead of a silent reboot loop.
+        "-no-reboot",
+        "-machine", machine_option(arch, accel),
+        "-accel", ACCEL_OPTION[accel],
+        "-cpu", CPU_MODEL[accel],
+        "-smp", str(cpus),
+        "-m", str(memory_mib),
+    ]  # fmt: skip
+
+
+def netdev_option(spec: MachineSpec) -> str:
+    """User-mode networking; the SSH forward listens on loopback only."""
+    rules = [f"tcp:127.0.0.1:{spec.ssh_host_port}-:22", *spec.host_forwards]
+    return "user,id=net0," + ",".join(f"hostfwd={qemu_escape(rule)}" for rule in rules)
+
+
+def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[str]:
+    """The full QEMU argv for the instance VM."""
+    argv = _base_argv(qemu, spec.name, spec.arch, accel, host_os, spec.cpus, spec.memory_mib)
+    argv += [
+        "-kernel", str(spec.kernel),
+        "-initrd", str(spec.initrd),
+        "-append", f"{spec.cmdline} {console_arg(spec.arch)}".strip(),
+        "-drive", f"if=none,id=root,file={qemu_escape(spec.rootfs)},format=raw,readonly=on",
+        "-device", "virtio-blk-pci,drive=root,serial=pinnace-root",
+        "-drive",
+        f"if=none,id=data,file={qemu_escape(spec.data_disk)},format=qcow2,"
+        "discard=unmap,detect-zeroes=unmap,cache=writeback",
+        "-device", "virtio-blk-pci,drive=data,serial=pinnace-data",
+        "-netdev", netdev_option(spec),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-device", "virtio-balloon-pci,free-page-reporting=on",
+    ]  # fmt: skip
+    for fw_name, fw_file in spec.fw_cfg:
+        argv += ["-fw_cfg", f"name={qemu_escape(fw_name)},file={qemu_escape(fw_file)}"]
+    argv += [
+        "-chardev", f"file,id=serial0,path={qemu_escape(spec.serial_log)}",
+        "-serial", "chardev:serial0",
+        "-qmp", f"unix:{qemu_escape(spec.qmp_socket)},server=on,wait=off",
+        "-pidfile", str(spec.pidfile),
+    ]  # fmt: skip
+    return argv
+
+
+def probe_argv(qemu: Path, arch: str, accel: str, kernel: Path, initrd: Path, host_os: str) -> list[str]:
+    """A throwaway 1-CPU VM whose /init prints PROBE_MARKER and powers off; proves `accel` boots."""
+    argv = _base_argv(qemu, "probe", arch, accel, host_os, 1, 256)
+    argv += [
+        "-kernel", str(kernel),
+        "-initrd", str(initrd),
+        "-append", f"{console_arg(arch)} pinnace.probe=1 panic=-1 quiet",
+        "-serial", "stdio",
+    ]  # fmt: skip
+    return argv

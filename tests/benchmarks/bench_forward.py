@@ -1,0 +1,254 @@
+"""Micro-benchmark of the engine-socket path: our forwarder vs `ssh -L` vs a direct connection.
+
+    python tests/benchmarks/bench_forward.py                 # local sshd + local test servers
+    python tests/benchmarks/bench_forward.py --host 127.0.0.1 --port 2222 --user root \
+        --key ~/.local/share/pinnace/keys/default/id_ed25519 --host-public "ssh-ed25519 AAAA..." \
+        --ping-socket /var/run/docker.sock --bulk-socket ""   # a real guest (bulk needs a sink)
+
+Measures /_ping latency over 500 sequential *new* connections (median, p99) and the throughput
+of one bulk upload to a socket that counts bytes and answers the total after EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
+
+from sshd_fixture import HostSSHD, UnixServer, ping_handler, sink_handler  # noqa: E402, I001
+
+from hypervisor.forward import UnixSocketForwarder  # noqa: E402
+from hypervisor.ssh import GuestSSH, SSHTarget  # noqa: E402
+
+PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
+
+
+@dataclass
+class Row:
+    name: str
+    median_ms: float
+    p99_ms: float
+    mb_per_s: float | None
+
+
+def ping_once(path: str) -> float:
+    start = time.perf_counter()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(PING)
+        reply = b""
+        while not reply.endswith(b"OK"):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"connection closed early: {reply!r}")
+            reply += chunk
+    return time.perf_counter() - start
+
+
+def ping_stats(path: str, count: int) -> tuple[float, float]:
+    for _ in range(10):
+        ping_once(path)  # warm-up
+    samples = sorted(ping_once(path) for _ in range(count))
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return statistics.median(samples) * 1000, p99 * 1000
+
+
+def upload(path: str, megabytes: int) -> float:
+    block = os.urandom(1 << 20)
+    start = time.perf_counter()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(120)
+        s.connect(path)
+        for _ in range(megabytes):
+            s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(64):
+            answer += chunk
+    elapsed = time.perf_counter() - start
+    if int(answer or b"0") != megabytes << 20:
+        raise RuntimeError(f"sink counted {answer!r}, sent {megabytes << 20}")
+    return (megabytes << 20) / elapsed / 1e6
+
+
+def wait_for_socket(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} did not appear")
+
+
+def _child(mode: str, *argv: str) -> subprocess.Popen:
+    """Run a role in its own process (as in real life) so the client's GIL is not shared."""
+    proc = subprocess.Popen([sys.executable, __file__, mode, *argv], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"{mode} child failed to start")
+    return proc
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def serve_test_servers(work: Path) -> None:
+    """Child process: the guest-side ping and sink servers."""
+    servers = [UnixServer(work / "ping.sock", ping_handler), UnixServer(work / "sink.sock", sink_handler)]
+    print("ready", flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        for server in servers:
+            _stop_child(server)
+
+
+def serve_forwarders(target_json: str, work: Path, ping_remote: str, bulk_remote: str) -> None:
+    """Child process: our forwarder, as the host agent would run it."""
+    raw = json.loads(target_json)
+    target = SSHTarget(**{**raw, "client_key": Path(raw["client_key"])})
+    ssh = GuestSSH(target)
+    ssh.connect()
+    fwd_ping = UnixSocketForwarder(work / "fwd" / "ping.sock", lambda: ssh.open_unix_channel(ping_remote))
+    fwd_bulk = UnixSocketForwarder(work / "fwd" / "bulk.sock", lambda: ssh.open_unix_channel(bulk_remote))
+    with fwd_ping, fwd_bulk:
+        print("ready", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    ssh.close()
+
+
+@contextmanager
+def openssh_forward(target: SSHTarget, work: Path, forwards: dict[Path, str]) -> Iterator[None]:
+    """`ssh -N -L local.sock:remote.sock` with the same key and the same pinned host key."""
+    known = work / "known_hosts"
+    known.write_text(f"[{target.host}]:{target.port} {' '.join(target.host_public.split()[:2])}\n")
+    cmd = [
+        shutil.which("ssh") or "ssh", "-N", "-F", "/dev/null",
+        "-i", str(target.client_key), "-p", str(target.port),
+        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+        "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr",
+    ]  # fmt: skip
+    for local, remote in forwards.items():
+        cmd += ["-L", f"{local}:{remote}"]
+    cmd.append(f"{target.user}@{target.host}")
+    proc = subprocess.Popen(cmd)
+    try:
+        for local in forwards:
+            wait_for_socket(local)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def measure(name: str, ping_path: Path, bulk_path: Path | None, args: argparse.Namespace) -> Row:
+    median, p99 = ping_stats(str(ping_path), args.pings)
+    rate = upload(str(bulk_path), args.bulk_mb) if bulk_path is not None else None
+    row = Row(name, median, p99, rate)
+    logging.info("%s done", name)
+    return row
+
+
+def run(args: argparse.Namespace, work: Path) -> list[Row]:
+    rows: list[Row] = []
+    sshd = None
+    if args.host is None:  # self-contained: local sshd and local servers stand in for the guest
+        sshd = HostSSHD(work / "sshd")
+        sshd.start()
+        target = sshd.target()
+        servers = [_child("--_servers", str(work))]
+        ping_remote, bulk_remote = str(work / "ping.sock"), str(work / "sink.sock")
+    else:
+        target = SSHTarget(args.host, args.port, args.user, Path(args.key), args.host_public, "bench")
+        servers = []
+        ping_remote, bulk_remote = args.ping_socket, args.bulk_socket or None
+    try:
+        raw = {**target.__dict__, "client_key": str(target.client_key)}
+        fwd = _child("--_forwarder", json.dumps(raw), str(work), ping_remote, bulk_remote or "")
+        try:
+            bulk_local = work / "fwd" / "bulk.sock" if bulk_remote else None
+            rows.append(measure("pinnace forwarder", work / "fwd" / "ping.sock", bulk_local, args))
+        finally:
+            _stop_child(fwd)
+
+        local = {work / "ossh-ping.sock": ping_remote}
+        if bulk_remote:
+            local[work / "ossh-bulk.sock"] = bulk_remote
+        with openssh_forward(target, work, local):
+            bulk_local = work / "ossh-bulk.sock" if bulk_remote else None
+            rows.append(measure("openssh ssh -L", work / "ossh-ping.sock", bulk_local, args))
+
+        if sshd is not None:
+            rows.append(measure("direct (floor)", Path(ping_remote), Path(bulk_remote), args))
+    finally:
+        for server in servers:
+            _stop_child(server)
+        if sshd is not None:
+            sshd.stop()
+    return rows
+
+
+def print_table(rows: list[Row], args: argparse.Namespace) -> None:
+    print(f"\n{args.pings} sequential new connections GET /_ping; bulk upload {args.bulk_mb} MB")
+    print(f"{'path':<20} {'ping median ms':>15} {'ping p99 ms':>12} {'upload MB/s':>12}")
+    for r in rows:
+        rate = f"{r.mb_per_s:12.1f}" if r.mb_per_s is not None else f"{'-':>12}"
+        print(f"{r.name:<20} {r.median_ms:15.3f} {r.p99_ms:12.3f} {rate}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--_servers"], ["--_forwarder"]):
+        # block before any thread starts so sigwait() receives the stop signal in every child
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    if argv[:1] == ["--_servers"]:
+        serve_test_servers(Path(argv[1]))
+        return 0
+    if argv[:1] == ["--_forwarder"]:
+        serve_forwarders(argv[1], Path(argv[2]), argv[3], argv[4])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", help="guest sshd host (default: start a local sshd)")
+    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--user", default=getpass.getuser())
+    p.add_argument("--key", help="client private key")
+    p.add_argument("--host-public", help='pinned host key line, "ssh-ed25519 AAAA..."')
+    p.add_argument("--ping-socket", default="/var/run/docker.sock", help="remote socket answering /_ping")
+    p.add_argument("--bulk-socket", default="", help="remote socket that counts bytes ('' to skip)")
+    p.add_argument("--pings", type=int, default=500)
+    p.add_argument("--bulk-mb", type=int, default=256)
+    args = p.parse_args(argv)
+    if args.host is not None and not (args.key and args.host_public):
+        p.error("--host needs --key and --host-public")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="pinbench-") as tmp:
+        rows = run(args, Path(tmp))
+    print_table(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The image manifest: what the hypervisor reads to boot an image, and what users audit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vmimage.errors import ManifestError
+
+MANIFEST = "manifest.json"
+ARTIFACTS = ("kernel", "initrd", "rootfs", "cmdline")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    file: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    arch: str
+    suite: str
+    kernel_version: str
+    kernel_config_sha256: str
+    cmdline: str
+    artifacts: dict[str, Artifact]
+    packages: list[dict[str, str]] = field(default_factory=list)
+    recipe_sha256: str = ""
+
+    @property
+    def boot_size(self) -> int:
+        """kernel + initrd + root image: the figure the size budget applies to."""
+        return sum(self.artifacts[k].size for k in ("kernel", "initrd", "rootfs"))
+
+    def path_of(self, directory: Path, kind: str) -> Path:
+        return directory / self.artifacts[kind].file
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(path: Path) -> Artifact:
+    return Artifact(file=path.name, sha256=sha256_file(path), size=path.stat().st_size)
+
+
+def save(directory: Path, manifest: Manifest) -> Path:
+    path = directory / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(manifest.to_json())
+    tmp.replace(path)
+    return path
+
+
+def load(directory: Path) -> Manifest:
+    path = directory / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+        artifacts = {k: Artifact(**v) for k, v in raw.pop("artifacts").items()}
+        return Manifest(artifacts=artifacts, **raw)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"no image at {directory} (run `pinnace image build`)") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest", exc) from exc
+
+
+def verify(directory: Path, manifest: Manifest) -> None:
+    """Check sizes (cheap) of every artefact; a truncated or missing file is an error."""
+    for kind, art in manifest.artifacts.items():
+        path = directory / art.file
+        if not path.is_file() or path.stat().st_size != art.size:
+            raise ManifestError(f"image artefact {kind} ({path}) is missing or damaged; rebuild the image")
