@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from app import dockerctx
-from hypervisor import bootlog, engine, launcher
+from hypervisor import engine, launcher
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
 from hypervisor.disk import GIB
@@ -91,8 +91,8 @@ def _host() -> HostFacts:
 def _current_disk_gib(paths: Paths) -> int | None:
     try:
         from hypervisor.disk import virtual_size_gib
-        from hypervisor.qemu_binary import find_qemu_img
         from hypervisor.hostinfo import host_os
+        from hypervisor.qemu_binary import find_qemu_img
 
         if not paths.data_disk.exists():
             return None
@@ -170,6 +170,7 @@ def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("cpus", "memory_mib", "disk_gib", "accel")
                  if getattr(args, k) is not None}
     current = load_settings(paths)
+    previous_text = paths.settings_file.read_text() if paths.settings_file.exists() else None
     if overrides:
         updated = current
         for key, value in overrides.items():
@@ -188,6 +189,11 @@ def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
     control = launcher.ensure_agent(paths)
     final = launcher.wait_for(control, {"running", "error", "stopped"}, Progress())
     if final.state != "running":
+        if overrides:  # a start that failed with new values must not leave them behind
+            if previous_text is None:
+                paths.settings_file.unlink(missing_ok=True)
+            else:
+                paths.settings_file.write_text(previous_text)
         print(f"pinnace: start failed: {final.reason or final.state} (details: pinnace logs)", file=sys.stderr)
         return 1
     _print_ready(paths, final, args.use_context)
@@ -249,7 +255,8 @@ def reset_summary(paths: Paths, status: Status) -> list[str]:
     if not lines:
         lines.append("  every container, image and volume (the engine is not running, so they cannot be counted)")
     if paths.data_disk.exists():
-        lines.append(f"  the data disk {paths.data_disk} ({paths.data_disk.stat().st_blocks * 512 / GIB:.2f} GiB on disk)")
+        used = paths.data_disk.stat().st_blocks * 512 / GIB
+        lines.append(f"  the data disk {paths.data_disk} ({used:.2f} GiB on disk)")
     lines.append("  the instance's SSH keys (new ones are made)")
     return lines
 

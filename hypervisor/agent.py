@@ -92,6 +92,8 @@ class Agent:
         self.boot_task: asyncio.Task[None] | None = None
         self.expect_exit = False
         self.guest_shutdown = False
+        self.qemu_log = paths.log_dir / "qemu.log"
+        self.qemu_log_offset = bootlog.SerialTail.end_of(self.qemu_log)
         self.lifecycle.subscribe(self._on_transition)
 
     # --- status publishing -----------------------------------------------------------------
@@ -269,7 +271,8 @@ class Agent:
             log.info("starting QEMU: %s", " ".join(argv))
             self.paths.qmp_socket.unlink(missing_ok=True)
             self.set_stage("booting kernel")
-            self.proc = process.spawn(argv, self.paths.log_dir / "qemu.log")
+            self.qemu_log_offset = bootlog.SerialTail.end_of(self.qemu_log)
+            self.proc = process.spawn(argv, self.qemu_log)
             self.status.qemu_pid = self.proc.pid
             await self._attach(keys.host_public, keys.client_key, port, boot_log_offset=0)
         except asyncio.CancelledError:
@@ -394,8 +397,8 @@ class Agent:
         elif code is not None:
             what = f"exit code {code}"
         else:
-            what = "it is no longer running"
-        tail = bootlog.last_lines(self.paths.log_dir / "qemu.log", 1)
+            what = f"pid {self.status.qemu_pid} is gone"
+        tail = [ln for ln in bootlog.SerialTail(self.qemu_log, self.qemu_log_offset).read_lines() if ln.strip()]
         return f"QEMU exited unexpectedly ({what})" + (f": {tail[-1]}" if tail else "")
 
     # --- stopping --------------------------------------------------------------------------
@@ -463,10 +466,13 @@ class Agent:
     # --- main ------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        pid = process.read_pidfile(self.paths.qemu_pidfile)
+        adopting = process.is_our_qemu(pid, self.paths.instance)
+        # Clients may connect as soon as the socket exists: never let them see a stale "stopped".
+        self.to(State.STARTING, "re-adopting the running VM" if adopting else "starting")
         server = await self.serve()
         try:
-            pid = process.read_pidfile(self.paths.qemu_pidfile)
-            if process.is_our_qemu(pid, self.paths.instance):
+            if adopting:
                 self.boot_task = asyncio.create_task(self.adopt(pid or 0))
             else:
                 self.boot_task = asyncio.create_task(self.boot())
@@ -524,11 +530,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info("another agent holds %s; exiting", paths.agent_lock)
         return 0
     log.info("agent %d for instance %s", os.getpid(), paths.instance)
+    code = 1
     try:
-        return asyncio.run(Agent(paths).run())
+        code = asyncio.new_event_loop().run_until_complete(Agent(paths).run())
     except Exception:
         log.exception("agent crashed")
-        raise
+    finally:
+        logging.shutdown()
+        # Blocking helpers (an SSH connect waiting out its deadline) may still sit in executor
+        # threads; the VM is already stopped or handed over, so do not wait for them.
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

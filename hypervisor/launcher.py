@@ -76,7 +76,7 @@ def last_status(paths: Paths) -> Status:
     return status
 
 
-def current_status(paths: Paths) -> Status:
+def current_status(paths: Paths, adopt_timeout: float = 120.0) -> Status:
     """Ask the agent; if it died but QEMU lives, re-adopt the VM with a new agent."""
     control = client(paths)
     try:
@@ -85,7 +85,7 @@ def current_status(paths: Paths) -> Status:
         pass
     if qemu_running(paths):
         log.info("QEMU is running without an agent: re-adopting it")
-        return ensure_agent(paths).status()
+        return wait_for(ensure_agent(paths), {"running", "error", "stopped"}, timeout=adopt_timeout)
     return last_status(paths)
 
 

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 from PySide6.QtCore import QObject, Signal
 
 from app.tray import notices
-from app.tray.notices import Notice
+from app.tray.status_text import one_line
 from app.tray.tasks import run_task
-from app.tray.watcher import StatusWatcher
+from app.tray.watcher import StatusWatcher, last_words
 from hypervisor.control import ControlClient, Status
 from hypervisor.paths import Paths
 
@@ -27,6 +27,15 @@ class Client(Protocol):
     def status(self) -> Status: ...
     def call(self, op: str, timeout: float | None = None) -> dict[str, Any]: ...
     def is_alive(self) -> bool: ...
+
+
+def last_status(paths: Paths) -> Status | None:
+    """The launcher's reading of state.json (corrected for a dead QEMU); our own if it is absent."""
+    try:
+        from hypervisor.launcher import last_status as launcher_last_status
+    except ImportError:
+        return last_words(paths.state_file, paths.instance)
+    return launcher_last_status(paths)
 
 
 def default_ensure_agent(paths: Paths) -> Client:
@@ -60,7 +69,7 @@ class InstanceController(QObject):
         self.busy_op: str | None = None
         self.watcher: StatusWatcher | None = None
         if watch:
-            self.watcher = StatusWatcher(self._factory, paths.state_file, paths.instance, parent=self)
+            self.watcher = StatusWatcher(self._factory, lambda: last_status(paths), parent=self)
             self.watcher.status.connect(self._on_status)
 
     # --- state ----------------------------------------------------------------------------------
@@ -158,7 +167,7 @@ class InstanceController(QObject):
                 self.expected = None
             self.operation_done.emit(op)
             return
-        message = notices.one_line(str(exc)) or type(exc).__name__
+        message = one_line(str(exc)) or type(exc).__name__
         log.warning("%s failed: %s", op, message)
         self.expected = None
         self.operation_failed.emit(op, message)

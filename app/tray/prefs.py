@@ -42,3 +42,10 @@ class TrayPrefs:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+
+def quit_plan(quit_action: str, state: str) -> str:
+    """What Quit does now: nothing to ask when the VM is not up; otherwise the stored answer."""
+    if state not in ("starting", "running"):
+        return "keep"
+    return quit_action if quit_action in QUIT_CHOICES else "ask"

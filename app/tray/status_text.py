@@ -5,6 +5,7 @@ Kept free of Qt so the exact wording is unit-tested and shared by the menu and t
 
 from __future__ import annotations
 
+from app.dockerctx import context_name
 from hypervisor.accel import DISPLAY as ACCEL_DISPLAY
 from hypervisor.control import Status
 
@@ -95,11 +96,6 @@ def tooltip(status: Status | None, instance: str = "default") -> str:
         if status.state == "error" and status.reason:
             lines.append(one_line(status.reason))
     return "\n".join(lines)
-
-
-def context_name(instance: str) -> str:
-    """The docker context the CLI creates: `pinnace` for the default instance."""
-    return "pinnace" if instance == "default" else f"pinnace-{instance}"
 
 
 def context_command(instance: str) -> str:

@@ -1,7 +1,9 @@
 """Run blocking work (agent and engine calls) on a thread pool; results come back as signals.
 
 The result signal is connected to a slot of a QObject that lives on the GUI thread, so Qt
-queues the delivery there: callers' callbacks always run on the GUI thread.
+queues the delivery there: callers' callbacks always run on the GUI thread. Tasks are owned by
+Python (a module-level set until delivered), never by a Qt parent: a parent destroyed mid-call
+(a closed window) would otherwise delete the Task under the worker's feet.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ class Task(QObject):
     failed = Signal(object)
     _finished = Signal(bool, object)
 
-    def __init__(self, fn: Callable[[], Any], parent: QObject | None = None, name: str = "") -> None:
-        super().__init__(parent)
+    def __init__(self, fn: Callable[[], Any], name: str = "") -> None:
+        super().__init__()
         self.fn, self.name = fn, name or getattr(fn, "__name__", "task")
         self._finished.connect(self._deliver)
 
@@ -38,13 +40,20 @@ class Task(QObject):
             ok, value = True, result
         try:
             self._finished.emit(ok, value)
-        except RuntimeError:  # the owner was destroyed while we ran (e.g. window closed)
-            log.debug("task %s finished after its owner was deleted", self.name)
+        except RuntimeError:  # the app is shutting down and Qt already dropped this object
+            log.debug("task %s finished during shutdown", self.name)
 
     @Slot(bool, object)
     def _deliver(self, ok: bool, value: object) -> None:
-        (self.succeeded if ok else self.failed).emit(value)
-        self.deleteLater()
+        try:
+            (self.succeeded if ok else self.failed).emit(value)
+        except RuntimeError as exc:  # the callback's widget was closed and deleted meanwhile
+            log.debug("task %s: result not delivered: %s", self.name, exc)
+        finally:
+            _LIVE.discard(self)
+
+
+_LIVE: set[Task] = set()
 
 
 class _Runner(QRunnable):
@@ -58,14 +67,17 @@ class _Runner(QRunnable):
 
 def run_task(
     fn: Callable[[], Any],
-    parent: QObject,
+    parent: QObject | None = None,
     on_ok: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     pool: QThreadPool | None = None,
     name: str = "",
 ) -> Task:
-    """Start `fn` on `pool` (the global one by default); `parent` keeps the Task alive."""
-    task = Task(fn, parent, name)
+    """Start `fn` on `pool` (the global one by default). `parent` names the owner for readers;
+    delivery to an owner deleted meanwhile is dropped (see Task._deliver)."""
+    del parent
+    task = Task(fn, name)
+    _LIVE.add(task)
     if on_ok is not None:
         task.succeeded.connect(on_ok)
     if on_error is not None:

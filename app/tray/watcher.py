@@ -1,8 +1,8 @@
 """Follows the agent's `watch` stream on a daemon thread and re-emits each Status on the GUI thread.
 
 A daemon thread (not a QThread) because `watch()` blocks in recv() with no way to interrupt it;
-quitting the app must never wait for the agent. When no agent answers, the agent's last words
-in state.json are reported instead, so a start that died still shows its reason.
+quitting the app must never wait for the agent. When no agent answers, `fallback` supplies the
+agent's last words (state.json), so a start that died still shows its reason.
 """
 
 from __future__ import annotations
@@ -48,14 +48,13 @@ class StatusWatcher(QObject):
     def __init__(
         self,
         client_factory: Callable[[], WatchSource],
-        state_file: Path | None = None,
-        instance: str = "default",
+        fallback: Callable[[], Status | None] | None = None,
         parent: QObject | None = None,
         min_delay: float = 0.5,
         max_delay: float = 5.0,
     ) -> None:
         super().__init__(parent)
-        self._factory, self._state_file, self._instance = client_factory, state_file, instance
+        self._factory, self._fallback = client_factory, fallback or (lambda: None)
         self._min_delay, self._max_delay = min_delay, max_delay
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -66,9 +65,12 @@ class StatusWatcher(QObject):
             self._thread = threading.Thread(target=self._run, name="pinnace-status-watch", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """Ask the thread to end; `wait` > 0 joins it (tests), the app never waits on quit."""
         self._stop.set()
         self._wake.set()
+        if wait > 0 and self._thread is not None:
+            self._thread.join(wait)
 
     def poke(self) -> None:
         """Reconnect now (e.g. right after we spawned the agent) instead of after the back-off."""
@@ -97,8 +99,13 @@ class StatusWatcher(QObject):
                 log.debug("watch: %s", exc)
             except Exception:  # noqa: BLE001 - a bug here must not kill status updates for good
                 log.exception("status watch failed")
-            self._emit(last_words(self._state_file, self._instance) if self._state_file else None)
+            try:
+                self._emit(self._fallback())
+            except Exception:  # noqa: BLE001 - a broken state file must not stop the loop
+                log.exception("reading the agent's last status failed")
+                self._emit(None)
+            # Back off while no agent answers; after a stream that ended, retry after the minimum.
+            self._wake.wait(delay if not got_any else self._min_delay)
+            self._wake.clear()
             if not got_any:
-                self._wake.wait(delay)
-                self._wake.clear()
                 delay = min(delay * 2, self._max_delay)

@@ -1,0 +1,141 @@
+"""Reset VM…: confirm with exactly what is deleted, then show progress until the engine is back.
+
+The engine's df() is read off the GUI thread; the dialog opens at once with a placeholder.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.tray import engine
+from app.tray.controller import InstanceController
+from app.tray.reset_summary import ResetSummary, summary_text
+from app.tray.status_text import status_line
+from app.tray.tasks import run_task
+from hypervisor.control import Status
+
+log = logging.getLogger(__name__)
+
+
+def progress_text(status: Status | None) -> str:
+    if status is None:
+        return "Waiting for the agent…"
+    if status.state == "running" and status.engine_version:
+        return f"Engine ready: Docker {status.engine_version}"
+    return status_line(status)
+
+
+class ResetDialog(QDialog):
+    def __init__(
+        self, controller: InstanceController, docker_socket: str, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.controller, self.docker_socket = controller, docker_socket
+        self.setWindowTitle("Reset Pinnace VM")
+        self.setMinimumWidth(460)
+        self.pages = QStackedWidget(self)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.pages)
+
+        confirm = QWidget()
+        c_layout = QVBoxLayout(confirm)
+        title = QLabel("<b>Reset the VM to a clean engine?</b>")
+        self.summary_label = QLabel("Reading what the engine holds…")
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary_label.setWordWrap(True)
+        self.buttons = QDialogButtonBox()
+        self.reset_button = QPushButton("Reset VM")
+        self.buttons.addButton(self.reset_button, QDialogButtonBox.ButtonRole.DestructiveRole)
+        cancel = self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        self.reset_button.setAutoDefault(False)
+        cancel.setDefault(True)  # Enter must never wipe the engine
+        self.buttons.rejected.connect(self.reject)
+        self.reset_button.clicked.connect(self.confirm)
+        for w in (title, self.summary_label):
+            c_layout.addWidget(w)
+        c_layout.addStretch(1)
+        c_layout.addWidget(self.buttons)
+        self.pages.addWidget(confirm)
+
+        progress = QWidget()
+        p_layout = QVBoxLayout(progress)
+        self.progress_label = QLabel("Resetting…")
+        self.progress_label.setWordWrap(True)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 0)
+        self.close_button = QPushButton("Close")
+        self.close_button.setEnabled(False)
+        self.close_button.clicked.connect(self.accept)
+        for w in (QLabel("<b>Resetting the VM</b>"), self.progress_label, self.progress_bar):
+            p_layout.addWidget(w)
+        p_layout.addStretch(1)
+        p_layout.addWidget(self.close_button, alignment=Qt.AlignmentFlag.AlignRight)
+        self.pages.addWidget(progress)
+
+        self.summary: ResetSummary | None = None
+        self._reset_finished = False
+        run_task(lambda: engine.system_df(self.docker_socket), self, self._show_df, self._show_df_error)
+
+    def _show_df(self, df: object) -> None:
+        self.summary = ResetSummary.from_df(df) if isinstance(df, dict) else None
+        self.summary_label.setText(summary_text(self.summary))
+
+    def _show_df_error(self, exc: BaseException) -> None:
+        log.info("df failed: %s", exc)
+        self._show_df(None)
+
+    def confirm(self) -> None:
+        self.pages.setCurrentIndex(1)
+        self.controller.status_changed.connect(self._on_status)
+        self.controller.operation_done.connect(self._on_done)
+        self.controller.operation_failed.connect(self._on_failed)
+        self.controller.reset()
+        self._on_status(self.controller.status)
+
+    def _on_status(self, status: Status | None) -> None:
+        if self._reset_finished and status is not None and status.state == "running":
+            self._finish(progress_text(status))
+            return
+        if not self._reset_finished:
+            self.progress_label.setText(progress_text(status))
+
+    def _on_done(self, op: str) -> None:
+        if op != "reset":
+            return
+        self._reset_finished = True
+        status = self.controller.status
+        if status is not None and status.state == "running" and status.engine_version:
+            self._finish(progress_text(status))
+        else:
+            self.progress_label.setText("Reset done; waiting for the engine…")
+
+    def _on_failed(self, op: str, message: str) -> None:
+        if op == "reset":
+            self._finish(f"Reset failed: {message}")
+
+    def _finish(self, text: str) -> None:
+        self.progress_label.setText(text)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1)
+        self.close_button.setEnabled(True)
+        for signal, slot in (
+            (self.controller.status_changed, self._on_status),
+            (self.controller.operation_done, self._on_done),
+            (self.controller.operation_failed, self._on_failed),
+        ):
+            try:
+                signal.disconnect(slot)
+            except (RuntimeError, TypeError):
+                pass

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything Pinnace needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
+# QEMU, the image-builder tools, a virtual environment with the package, and the guest image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils                       # the VM
+  openssh-client                                   # `pinnace ssh`, the socket benchmark
+  squashfs-tools zstd cpio                         # root image and initrd
+  build-essential bc bison flex libelf-dev libssl-dev xz-utils   # the guest kernel
+  python3-venv python3-dev debian-archive-keyring
+  openssh-server                                   # tests: a host sshd for the forwarder tests
+  xvfb trayer imagemagick libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
+  libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libegl1 libgl1 libfontconfig1
+  libdbus-1-3                                      # the tray app (and its screenshot tests)
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+
+# The guest image: kernel (cached by input hash under ~/.cache/pinnace), initrd, root image.
+.venv/bin/pinnace image build

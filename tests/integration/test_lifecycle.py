@@ -1,0 +1,115 @@
+"""The machine's whole life through the real CLI, real QEMU and the real engine (issue: the machine).
+
+start → status → stop (clean) → start (data kept, clean fsck) → kill -9 agent (re-adopted) →
+kill -9 QEMU (error with reason, start works) → reset (data gone, settings kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.imagekit import busybox_image
+
+pytestmark = [pytest.mark.vm]
+
+
+def status_of(instance) -> dict:  # noqa: ANN001
+    result = instance.pinnace("status", "--json", timeout=180)
+    return json.loads(result.stdout)
+
+
+def wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} still alive")
+
+
+@pytest.mark.timeout(1200)
+def test_machine_lifecycle(fresh_instance) -> None:  # noqa: ANN001
+    vm = fresh_instance
+    assert vm.pinnace("config", "set", "cpus", "1").returncode == 0
+
+    started = vm.pinnace("start")
+    assert started.returncode == 0, started.stderr
+    assert "engine socket:" in started.stdout
+    st = status_of(vm)
+    assert st["state"] == "running"
+    assert st["accel"] in ("kvm", "hvf", "whpx", "tcg") and st["accel_reason"]
+    if st["accel"] == "tcg" and os.path.exists("/dev/kvm"):
+        assert "KVM" in st["accel_reason"], "the KVM probe's verdict must be named"
+    assert st["cpus"] == 1
+
+    again = vm.pinnace("start")
+    assert again.returncode == 0 and "already running" in again.stdout
+
+    client = vm.client()
+    image = busybox_image(client)
+    client.volumes.create("keep")
+    vm.docker("run", "--rm", "-v", "keep:/keep", image, "sh", "-c", "echo persisted > /keep/file")
+
+    stopped = vm.pinnace("stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert status_of(vm)["state"] == "stopped"
+    serial = vm.paths.serial_log.read_text(errors="replace")
+    assert "PINNACE-STAGE halted" in serial, "the guest must unmount the data disk before power-off"
+    again = vm.pinnace("stop")
+    assert again.returncode == 0 and "not running" in again.stdout
+
+    assert vm.pinnace("start").returncode == 0
+    serial = vm.paths.serial_log.read_text(errors="replace")
+    fsck = [line for line in serial.splitlines() if "fsck" in line]
+    assert fsck and "clean" in fsck[-1] and "recover" not in serial.lower(), fsck
+    out = vm.docker("run", "--rm", "-v", "keep:/keep", image, "cat", "/keep/file").stdout
+    assert out.strip() == "persisted"
+
+    # The agent dies: QEMU keeps running and the next command re-adopts it.
+    st = status_of(vm)
+    qemu_pid = st["qemu_pid"]
+    os.kill(st["agent_pid"], signal.SIGKILL)
+    wait_gone(st["agent_pid"])
+    st = status_of(vm)
+    assert st["state"] == "running" and st["qemu_pid"] == qemu_pid
+    assert vm.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+
+    # QEMU dies: the status says so with the reason, and start works again.
+    os.kill(qemu_pid, signal.SIGKILL)
+    wait_gone(qemu_pid)
+    deadline = time.monotonic() + 20
+    while (st := status_of(vm))["state"] != "error" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert st["state"] == "error" and "QEMU exited unexpectedly" in st["reason"], st
+    assert vm.pinnace("status").returncode == 1
+    restarted = vm.pinnace("start")
+    assert restarted.returncode == 0, restarted.stderr
+
+    # Reset: asks first (refused without a terminal), then deletes data, keeps settings.
+    refused = vm.pinnace("reset")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert "1 containers" in refused.stdout or "volumes" in refused.stdout
+    reset = vm.pinnace("reset", "--yes", timeout=600)
+    assert reset.returncode == 0, reset.stderr
+    assert status_of(vm)["state"] == "running"
+    assert vm.docker("volume", "ls", "-q").stdout.strip() == ""
+    assert vm.pinnace("config", "get", "cpus").stdout.strip() == "1"
+
+
+@pytest.mark.timeout(300)
+def test_restart_keeps_engine_reachable(fresh_instance) -> None:  # noqa: ANN001
+    vm = fresh_instance
+    assert vm.pinnace("start").returncode == 0
+    before = status_of(vm)
+    result = vm.pinnace("restart", timeout=600)
+    assert result.returncode == 0, result.stderr
+    after = status_of(vm)
+    assert after["state"] == "running" and after["qemu_pid"] != before["qemu_pid"]
+    assert vm.docker("info", "--format", "{{.ServerVersion}}").stdout.strip()

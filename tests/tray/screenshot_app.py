@@ -1,0 +1,132 @@
+"""Run under a real X display with a tray host (see test_tray_screenshots.py): shows the tray
+icon, opens its menu, the dashboard and the reset dialog, and captures each with `import`.
+
+Status and engine data are sample values: this checks what the widgets look like, not the agent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QEventLoop
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+from app.tray.controller import InstanceController
+from app.tray.dashboard import Dashboard
+from app.tray.dashboard_model import container_row, image_row
+from app.tray.engine import EngineSnapshot
+from app.tray.reset_dialog import ResetDialog
+from app.tray.tray import TrayApp
+from hypervisor.paths import Paths
+from tests.tray.helpers import running_status
+
+NOW = int(time.time())
+CONTAINERS = [
+    {"Id": "a1", "Names": ["/web"], "Image": "nginx:1.27", "State": "running", "Status": "Up 12 minutes",
+     "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}]},
+    {"Id": "b2", "Names": ["/db"], "Image": "postgres:16", "State": "running", "Status": "Up 2 hours",
+     "Ports": [{"IP": "127.0.0.1", "PrivatePort": 5432, "PublicPort": 5432, "Type": "tcp"}]},
+    {"Id": "c3", "Names": ["/migrate"], "Image": "app:dev", "State": "exited", "Status": "Exited (0) 3 hours ago",
+     "Ports": []},
+]
+IMAGES = [
+    {"Id": "sha256:1f2e3d4c5b6a79880", "RepoTags": ["nginx:1.27"], "Size": 192_000_000, "Created": NOW - 86400 * 9},
+    {"Id": "sha256:2a3b4c5d6e7f80911", "RepoTags": ["postgres:16"], "Size": 451_000_000, "Created": NOW - 86400 * 30},
+    {"Id": "sha256:3c4d5e6f708192a3b", "RepoTags": ["app:dev"], "Size": 88_000_000, "Created": NOW - 7200},
+]
+DF = {
+    "LayersSize": 731_000_000,
+    "Images": IMAGES,
+    "Containers": [{"State": c["State"], "SizeRw": 12_000_000} for c in CONTAINERS],
+    "Volumes": [{"UsageData": {"Size": 220_000_000}}, {"UsageData": {"Size": 4096}}],
+    "BuildCache": [],
+}
+
+
+def pump(app: QApplication, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        time.sleep(0.02)
+
+
+def shot(app: QApplication, out: Path, name: str) -> None:
+    pump(app, 0.8)
+    subprocess.run(["import", "-window", "root", str(out / name)], check=True, timeout=30)
+    print(f"saved {out / name}", flush=True)
+
+
+def main() -> int:
+    out, home = Path(sys.argv[1]), Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    app = QApplication(sys.argv[:1])
+    app.setQuitOnLastWindowClosed(False)
+    deadline = time.monotonic() + 15
+    while not QSystemTrayIcon.isSystemTrayAvailable():
+        if time.monotonic() > deadline:
+            print("no system tray appeared", file=sys.stderr)
+            return 3
+        pump(app, 0.2)
+
+    paths = Paths.for_instance("default", {"PINNACE_HOME": str(home)})
+    controller = InstanceController(paths, watch=False)
+    tray = TrayApp(paths, controller, host_os="linux", app_quit=app.quit)
+    controller._on_status(running_status())
+    tray.show()
+    deadline = time.monotonic() + 10
+    while tray.icon.geometry().isEmpty() and time.monotonic() < deadline:
+        pump(app, 0.2)
+    geometry = tray.icon.geometry()
+    print(f"tray icon geometry: {geometry.x()},{geometry.y()} {geometry.width()}x{geometry.height()}", flush=True)
+    if geometry.isEmpty():
+        print("the tray icon was not embedded", file=sys.stderr)
+        return 4
+    shot(app, out, "tray-icon.png")
+    zoom = ["convert", str(out / "tray-icon.png"), "-crop", "96x32+928+0", "+repage", "-scale", "400%"]
+    subprocess.run([*zoom, str(out / "tray-icon-zoom.png")], check=False, timeout=30)
+
+    tray.popup_menu()
+    pump(app, 0.3)
+    if not tray.menu.isVisible():
+        print("the menu did not open", file=sys.stderr)
+        return 5
+    shot(app, out, "tray-menu.png")
+    tray.menu.hide()
+
+    dashboard = Dashboard(str(home / "no-engine.sock"))
+    dashboard.move(30, 40)
+    dashboard.show()
+    dashboard.show_snapshot(EngineSnapshot([container_row(c) for c in CONTAINERS], [image_row(i) for i in IMAGES]))
+    dashboard.containers.selectRow(0)
+    dashboard.log_title.setText("Logs: web (following)")
+    dashboard.log_view.setPlainText(
+        '172.17.0.1 - - "GET / HTTP/1.1" 200 615\n172.17.0.1 - - "GET /favicon.ico HTTP/1.1" 404 153\n'
+    )
+    shot(app, out, "dashboard.png")
+    dashboard.tabs.setCurrentIndex(1)
+    shot(app, out, "dashboard-images.png")
+    dashboard.close()
+
+    dialog = ResetDialog(controller, str(home / "no-engine.sock"))
+    dialog.move(200, 150)
+    dialog.show()
+    deadline = time.monotonic() + 10
+    while "counts unavailable" not in dialog.summary_label.text() and time.monotonic() < deadline:
+        pump(app, 0.1)
+    shot(app, out, "reset-dialog-engine-down.png")
+    dialog._show_df(DF)
+    dialog.adjustSize()
+    shot(app, out, "reset-dialog.png")
+    dialog.close()
+    dialog.deleteLater()
+    dashboard.deleteLater()
+    tray.dispose()
+    pump(app, 0.3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

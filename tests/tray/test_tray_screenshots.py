@@ -1,0 +1,78 @@
+"""Screenshots under Xvfb with a real tray host (trayer): the icon docks, the menu opens, the
+dashboard and reset dialog render. PNGs land in artifacts/screenshots/ for a human to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "artifacts" / "screenshots"
+TOOLS = ("Xvfb", "trayer", "import")
+SHOTS = ("tray-icon.png", "tray-menu.png", "dashboard.png", "dashboard-images.png", "reset-dialog.png")
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in TOOLS),
+    reason="needs Xvfb, trayer and ImageMagick's import (apt-get install xvfb trayer imagemagick)",
+)
+
+
+def _free_display() -> int:
+    for n in range(90, 140):
+        if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+            return n
+    pytest.skip("no free X display number")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def display() -> Iterator[dict[str, str]]:
+    n = _free_display()
+    xvfb = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x700x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "WAYLAND"))}
+    env.update(DISPLAY=f":{n}", QT_QPA_PLATFORM="xcb")
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if xvfb.poll() is not None or time.monotonic() > deadline:
+            _stop(xvfb)
+            pytest.skip(f"Xvfb :{n} did not start")
+        time.sleep(0.1)
+    trayer = subprocess.Popen(
+        ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "24",
+         "--transparent", "false", "--tint", "0xd8d8d8"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield env
+    finally:
+        _stop(trayer)
+        _stop(xvfb)
+
+
+def test_screenshots(display: dict[str, str], tmp_path: Path) -> None:
+    for name in SHOTS:
+        (OUT / name).unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.tray.screenshot_app", str(OUT), str(tmp_path / "home")],
+        cwd=ROOT, env=display, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"screenshot app failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    for name in SHOTS:
+        path = OUT / name
+        assert path.is_file() and path.stat().st_size > 1000, name
