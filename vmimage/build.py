@@ -102,7 +102,6 @@ def build_image(recipe: Recipe, arch: str, out: Path, cache_dir: Path) -> BuildR
             (staged / name).replace(out / name)
         manifest.save(out, result)
     seconds = time.monotonic() - started
-    check_budget(result)
     return BuildResult(out, result, seconds)
 
 
@@ -113,6 +112,4 @@ def check_budget(m: manifest.Manifest) -> list[str]:
         problems.append(f"kernel is {m.artifacts['kernel'].size} bytes (budget {BUDGET_KERNEL})")
     if m.boot_size > BUDGET_TOTAL:
         problems.append(f"kernel+initrd+rootfs is {m.boot_size} bytes (budget {BUDGET_TOTAL})")
-    for p in problems:
-        log.warning("size budget: %s", p)
     return problems

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         result = build_image(load_recipe(args.recipe), args.arch, out, locations.cache_dir())
         print(format_info(result.manifest, out))
         print(f"built in {result.seconds:.0f} s")
-        return 1 if check_budget(result.manifest) else 0
+        for problem in check_budget(result.manifest):
+            print(f"note: over the size budget: {problem}")
+        return 0
     directory = args.dir or locations.default_image_dir(args.arch)
     m = manifest.load(directory)
     print(m.to_json() if args.json else format_info(m, directory), end="\n" if not args.json else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QTimer, QUrl
+from PySide6.QtCore import QObject, QPoint, QTimer, QUrl
 from PySide6.QtGui import QAction, QCursor, QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QSystemTrayIcon
 
@@ -160,9 +160,11 @@ class TrayApp(QObject):
             self.open_dashboard()
 
     def popup_menu(self) -> None:
+        """Under the icon when its geometry is known; some X11 trays report it relative to their
+        own window (at 0,0), and then the pointer, which is where a click happened, is better."""
         geometry = self.icon.geometry()
-        pos = geometry.bottomLeft() if not geometry.isEmpty() else QCursor.pos()
-        self.menu.popup(pos)
+        known = not geometry.isEmpty() and geometry.topLeft() != QPoint(0, 0)
+        self.menu.popup(geometry.bottomLeft() if known else QCursor.pos())
 
     def handle_message(self, message: str) -> None:
         """A second `pinnace-tray` asked us to show something."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QEventLoop
+from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from app.tray.controller import InstanceController
@@ -88,6 +89,8 @@ def main() -> int:
     zoom = ["convert", str(out / "tray-icon.png"), "-crop", "96x32+928+0", "+repage", "-scale", "400%"]
     subprocess.run([*zoom, str(out / "tray-icon-zoom.png")], check=False, timeout=30)
 
+    QCursor.setPos(app.primaryScreen().geometry().right() - 12, 12)  # "click" on the docked icon
+    pump(app, 0.2)
     tray.popup_menu()
     pump(app, 0.3)
     if not tray.menu.isVisible():
