@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from hypervisor import accel, bootlog, disk, engine, process
+from hypervisor import accel, bootlog, disk, engine, mounts, process
 from hypervisor.control import OPS, Status, decode, encode
 from hypervisor.errors import ControlError, MachineError, PinnaceError, StateError
 from hypervisor.forward import UnixSocketForwarder
@@ -27,6 +27,7 @@ from hypervisor.hostinfo import host_arch, host_os
 from hypervisor.keys import authorized_keys_line, ensure_instance_keys
 from hypervisor.machine import Lifecycle, State
 from hypervisor.monitor import Monitor
+from hypervisor.ports import PortPublisher
 from hypervisor.paths import Paths
 from hypervisor.qemu_binary import QemuBinary, find_qemu, find_qemu_img
 from hypervisor.settings import HostFacts, Settings
@@ -87,6 +88,7 @@ class Agent:
         self.monitor: Monitor | None = None
         self.ssh: GuestSSH | None = None
         self.forwarder: UnixSocketForwarder | None = None
+        self.ports: PortPublisher | None = None
         self.ops = asyncio.Lock()
         self.finished = asyncio.Event()
         self.boot_task: asyncio.Task[None] | None = None
@@ -249,6 +251,8 @@ class Agent:
             rt = self.paths.runtime_dir
             write_private(rt / "authorized_keys", authorized_keys_line(keys.client_public) + "\n")
             write_private(rt / "hostname", f"pinnace-{self.paths.instance}\n")
+            shares = mounts.plan(settings.shares, self.os)
+            write_private(rt / "shares", mounts.fw_cfg_text(shares))
             done = disk.ensure(qemu_img, self.paths.data_disk, settings.disk_gib)
             log.info("data disk %s: %s (%d GiB)", self.paths.data_disk, done, settings.disk_gib)
 
@@ -261,9 +265,10 @@ class Agent:
                 data_disk=self.paths.data_disk, ssh_host_port=port,
                 fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
                         ("opt/pinnace/authorized_keys", rt / "authorized_keys"),
-                        ("opt/pinnace/hostname", rt / "hostname")),
+                        ("opt/pinnace/hostname", rt / "hostname"),
+                        (mounts.FW_CFG_NAME, rt / "shares")),
                 serial_log=self.paths.serial_log, qmp_socket=self.paths.qmp_socket,
-                pidfile=self.paths.qemu_pidfile,
+                pidfile=self.paths.qemu_pidfile, shares=tuple(shares),
             )
             self.status.cpus, self.status.memory_mib = settings.cpus, settings.memory_mib
             self.status.disk_gib, self.status.ssh_port = settings.disk_gib, port
@@ -313,20 +318,39 @@ class Agent:
         await self.monitor.connect(timeout=10.0)
         asyncio.create_task(self._watch_events(self.monitor))
         asyncio.create_task(self._watch_process())
-        if not adopted:
-            await self._wait_for_guest(boot_log_offset)
-        self.set_stage("connecting to the engine")
+        # sshd starts well before the engine: connect while the guest boots, not after.
         self.ssh = GuestSSH(SSHTarget("127.0.0.1", port, "root", client_key, host_public, self.paths.instance))
         timeout = READY_TIMEOUT_S.get(self.status.accel, READY_TIMEOUT_DEFAULT_S)
-        await loop.run_in_executor(None, self.ssh.wait_until_reachable, time.monotonic() + timeout)
+        ssh_ready = loop.run_in_executor(None, self.ssh.wait_until_reachable, time.monotonic() + timeout)
+        try:
+            if not adopted:
+                await self._wait_for_guest(boot_log_offset)
+            self.set_stage("connecting to the engine")
+            await ssh_ready
+        except BaseException:
+            ssh_ready.cancel()
+            raise
         version = await self._engine_version(loop, deadline=time.monotonic() + timeout)
         self.status.engine_version = str(version.get("Version", ""))
         self.forwarder = UnixSocketForwarder(self.paths.docker_socket, self._open_engine_channel, "engine")
         await loop.run_in_executor(None, self.forwarder.start)
         self.status.docker_socket = str(self.paths.docker_socket)
+        self._start_ports(port)
         self.status.ready_at = time.time()
         self.set_stage("ready")
         self.to(State.RUNNING, "engine ready")
+
+    def _start_ports(self, ssh_port: int) -> None:
+        settings = load_settings(self.paths.settings_file, HostFacts.detect())
+        self.ports = PortPublisher(
+            self.monitor.hmp, self._open_engine_channel, settings.expose_ports_on_all_interfaces,
+            reserved={("tcp", "127.0.0.1", ssh_port)}, on_change=self._on_port_forwards,
+            on_new_container=mounts.BindHinter(mounts.read_fw_cfg(self.paths.runtime_dir / "shares")))
+        self.ports.start()
+
+    def _on_port_forwards(self, entries: list[dict]) -> None:
+        self.status.port_forwards = entries
+        self.publish()
 
     def _open_engine_channel(self):  # noqa: ANN202 - a paramiko Channel
         if self.ssh is None:
@@ -405,6 +429,10 @@ class Agent:
 
     async def _teardown_links(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.ports is not None:
+            await self.ports.stop()
+            self.ports = None
+        self.status.port_forwards = []
         if self.forwarder is not None:
             await loop.run_in_executor(None, self.forwarder.stop)
             self.forwarder = None
@@ -425,6 +453,9 @@ class Agent:
         self.to(State.STOPPING, reason)
         self.set_stage("stopping")
         loop = asyncio.get_running_loop()
+        if self.ports is not None:
+            await self.ports.stop()
+            self.ports = None
         if self.forwarder is not None:
             await loop.run_in_executor(None, self.forwarder.stop)
             self.forwarder = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypervisor.errors import AcceleratorError
+from hypervisor.mounts import GuestShare, share_argv
 
 PROBE_MARKER = "PINNACE-PROBE-OK"
 
@@ -58,7 +59,7 @@ class MachineSpec:
     qmp_socket: Path
     pidfile: Path
     host_forwards: tuple[str, ...] = ()
-    shares: tuple[object, ...] = ()  # virtiofs/9p shares land later
+    shares: tuple[GuestShare, ...] = ()  # host folders, virtio-9p (hypervisor/mounts.py)
 
 
 def qemu_escape(value: str | Path) -> str:
@@ -136,6 +137,7 @@ def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[
         "-device", "virtio-rng-pci",
         "-device", "virtio-balloon-pci,free-page-reporting=on",
     ]  # fmt: skip
+    argv += share_argv(spec.shares)
     for fw_name, fw_file in spec.fw_cfg:
         argv += ["-fw_cfg", f"name={qemu_escape(fw_name)},file={qemu_escape(fw_file)}"]
     argv += [

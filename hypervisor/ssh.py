@@ -243,7 +243,11 @@ class GuestSSH:
             transport.start_client(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SSHError(f"ssh handshake with guest at {t.host}:{t.port} failed", e) from e
-        self._verify_host_key(transport.get_remote_server_key())
+        try:
+            server_key = transport.get_remote_server_key()
+        except paramiko.SSHException as e:  # the peer hung up right after the handshake
+            raise SSHError(f"ssh session with guest at {t.host}:{t.port} ended during the handshake", e) from e
+        self._verify_host_key(server_key)
         try:
             pkey = paramiko.PKey.from_path(t.client_key)
         except (OSError, paramiko.SSHException, ValueError) as e:
