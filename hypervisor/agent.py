@@ -27,8 +27,8 @@ from hypervisor.hostinfo import host_arch, host_os
 from hypervisor.keys import authorized_keys_line, ensure_instance_keys
 from hypervisor.machine import Lifecycle, State
 from hypervisor.monitor import Monitor
-from hypervisor.ports import PortPublisher
 from hypervisor.paths import Paths
+from hypervisor.ports import PortPublisher
 from hypervisor.qemu_binary import QemuBinary, find_qemu, find_qemu_img
 from hypervisor.settings import HostFacts, Settings
 from hypervisor.settings import load as load_settings

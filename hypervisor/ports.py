@@ -4,7 +4,7 @@ The agent follows the engine's events (through the forwarded engine channel), re
 container's port bindings and keeps QEMU user networking's host forwards (`hostfwd_add` /
 `hostfwd_remove` through QMP's human-monitor-command) equal to them:
 
-  -p 8080:80            host 127.0.0.1:8080 -> guest 10.0.2.15:8080 (dockerd DNATs to the container)
+  -p 8080:80            host 127.0.0.1:8080 -> guest 10.0.2.15:8080 (dockerd's proxy or DNAT there)
   -p 0.0.0.0:8080:80    the same, or host 0.0.0.0:8080 with `expose_ports_on_all_interfaces`
   -p 127.0.0.1:8080:80  host 127.0.0.1:8080 -> guest 10.0.2.16:8080, which the guest's boot script
                         DNATs to its loopback, where dockerd's proxy listens for such a binding

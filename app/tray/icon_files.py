@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 RESOURCES_ENV = "PINNACE_RESOURCES"
@@ -14,8 +15,14 @@ VARIANTS = ("light", "dark", "template")
 
 
 def resources_dir() -> Path:
+    """PINNACE_RESOURCES, else the source tree's resources/, else the installed data files."""
     override = os.environ.get(RESOURCES_ENV, "").strip()
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "resources"
+    if override:
+        return Path(override)
+    source_tree = Path(__file__).resolve().parents[2] / "resources"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "pinnace" / "resources"
 
 
 def icons_dir() -> Path:

@@ -1,0 +1,267 @@
+"""Published ports and shared host folders, through the real CLI, agent, QEMU and engine.
+
+Ports: HTTP on -p P:80, -p 127.0.0.1:P:80 and -p 80 (engine-assigned), UDP echo, stop -> closed,
+agent killed -> re-adopted forwards, a host port already taken -> reported in `status --json`.
+Mounts: host -> container and back (ownership and mode), a path with spaces, a comma and
+non-ASCII, the hint for a bind outside every share, and a read-only share (fresh instance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vm]
+
+HOME = Path.home()
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0, every: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last failure
+            last = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def http_get(port: int, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as reply:  # noqa: S310
+        return reply.read().decode()
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
+def status_of(instance) -> dict:  # noqa: ANN001
+    result = instance.pinnace("status", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def forwards(instance) -> list[dict]:  # noqa: ANN001
+    return status_of(instance)["port_forwards"]
+
+
+HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory under the default share ($HOME)."""
+    path = HOME / f"pinnace-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_tcp_ports_all_forms_and_stop_closes(vm_instance, busybox: str) -> None:  # noqa: ANN001
+    vm = vm_instance
+    p_default, p_loop = free_port(), free_port()
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    vm.docker("run", "-d", "--name", name, "--hostname", "web", "-p", f"{p_default}:80",
+              "-p", f"127.0.0.1:{p_loop}:80", "-p", "80", busybox, "sh", "-c", HTTPD)
+    try:
+        assigned = vm.docker("port", name, "80/tcp").stdout.split()
+        random_ports = {int(line.rsplit(":", 1)[1]) for line in assigned} - {p_default, p_loop}
+        assert len(random_ports) == 1, assigned
+        p_random = random_ports.pop()
+        for port in (p_default, p_loop, p_random):
+            assert wait_for(f"HTTP on {port}", lambda p=port: http_get(p) == "hello-web\n", 60)
+        entries = {e["host_port"]: e for e in forwards(vm)}
+        assert {p_default, p_loop, p_random} <= set(entries)
+        assert all(entries[p]["host_ip"] == "127.0.0.1" and entries[p]["error"] == "" for p in entries)
+        assert entries[p_default]["container_name"] == name and entries[p_default]["container_port"] == 80
+    finally:
+        vm.docker("stop", "-t", "1", name, check=False)
+    for port in (p_default, p_loop, p_random):
+        wait_for(f"port {port} closed after stop", lambda p=port: refused(p), 30)
+    assert not [e for e in forwards(vm) if e["container_name"] == name]
+    vm.docker("rm", name, check=False)
+
+
+UDP_ECHO_C = r"""
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1]));
+    if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
+    char buf[65536];
+    for (;;) {
+        struct sockaddr_in from; socklen_t len = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+        if (n >= 0) sendto(s, buf, n, 0, (struct sockaddr *)&from, len);
+    }
+}
+"""
+
+
+def udp_echo(port: int, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(payload, ("127.0.0.1", port))
+        return s.recvfrom(65536)[0]
+
+
+@pytest.mark.timeout(600)
+def test_udp_port(vm_instance, busybox: str, host_dir: Path) -> None:  # noqa: ANN001
+    # busybox's static nc has no -u: a tiny static UDP echo server, shared through the bind mount.
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the UDP echo server")
+    source = host_dir / "udpecho.c"
+    source.write_text(UDP_ECHO_C)
+    subprocess.run(["gcc", "-static", "-Os", "-o", str(host_dir / "udpecho"), str(source)], check=True)
+    vm = vm_instance
+    port = free_port(socket.SOCK_DGRAM)
+    name = f"udp-{uuid.uuid4().hex[:6]}"
+    vm.docker("run", "-d", "--name", name, "-p", f"{port}:9000/udp", "-v", f"{host_dir}:/x:ro", busybox,
+              "/x/udpecho", "9000")
+    try:
+        assert wait_for("UDP echo", lambda: udp_echo(port, b"ping") == b"ping", 60)
+        entry = next(e for e in forwards(vm) if e["host_port"] == port)
+        assert entry["proto"] == "udp" and entry["error"] == ""
+    finally:
+        vm.docker("rm", "-f", name, check=False)
+    wait_for("udp forward removed", lambda: not [e for e in forwards(vm) if e["host_port"] == port], 30)
+
+
+@pytest.mark.timeout(600)
+def test_port_taken_on_host_is_reported(vm_instance, busybox: str) -> None:  # noqa: ANN001
+    vm = vm_instance
+    name = f"busy-{uuid.uuid4().hex[:6]}"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        vm.docker("run", "-d", "--name", name, "-p", f"{port}:80", busybox, "sh", "-c", HTTPD)
+        try:
+            def reported() -> dict | None:
+                return next((e for e in forwards(vm) if e["host_port"] == port and e["error"]), None)
+
+            entry = wait_for("the conflict in status", reported, 60)
+            assert name in entry["error"] and f"127.0.0.1:{port}/tcp" in entry["error"]
+            assert "already in use" in entry["error"]
+            log = vm.paths.log_dir / "agent.log"
+            assert f"127.0.0.1:{port}/tcp for container {name}" in log.read_text()
+        finally:
+            holder.close()
+    try:
+        # Once the host port is free again the agent retries (within its retry period) and succeeds.
+        wait_for("the forward after the port was freed", lambda: http_get(port).startswith("hello-"), 60, 1.0)
+    finally:
+        vm.docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.timeout(900)
+def test_agent_restart_readopts_forwards(vm_instance, busybox: str) -> None:  # noqa: ANN001
+    vm = vm_instance
+    keep, gone = free_port(), free_port()
+    a, b = f"keep-{uuid.uuid4().hex[:6]}", f"gone-{uuid.uuid4().hex[:6]}"
+    vm.docker("run", "-d", "--name", a, "-p", f"{keep}:80", busybox, "sh", "-c", HTTPD)
+    vm.docker("run", "-d", "--name", b, "-p", f"{gone}:80", busybox, "sh", "-c", HTTPD)
+    try:
+        for port in (keep, gone):
+            wait_for(f"HTTP on {port}", lambda p=port: http_get(p).startswith("hello-"), 60)
+        agent_pid = status_of(vm)["agent_pid"]
+        os.kill(agent_pid, signal.SIGKILL)
+        wait_for("the agent gone", lambda: not os.path.exists(f"/proc/{agent_pid}"), 10)
+        # QEMU keeps forwarding without the agent.
+        assert http_get(keep).startswith("hello-")
+        st = status_of(vm)  # re-adopts
+        assert st["state"] == "running" and st["agent_pid"] != agent_pid
+        entries = wait_for("the forwards re-adopted",
+                           lambda: {e["host_port"]: e for e in forwards(vm) if e["host_port"] in (keep, gone)}
+                           if len([e for e in forwards(vm) if e["host_port"] in (keep, gone)]) == 2 else None, 60)
+        assert all(e["error"] == "" for e in entries.values()), entries
+        vm.docker("rm", "-f", b)
+        wait_for(f"port {gone} closed", lambda: refused(gone), 30)
+        assert http_get(keep).startswith("hello-")
+    finally:
+        vm.docker("rm", "-f", a, b, check=False)
+
+
+# --- bind mounts ------------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_bind_mount_both_ways_with_odd_path(vm_instance, busybox: str, host_dir: Path) -> None:  # noqa: ANN001
+    vm = vm_instance
+    odd = host_dir / "dir with spaces, comma é漢"
+    odd.mkdir()
+    (odd / "from-host.txt").write_text("written on the host\n")
+    script = ("cat /src/from-host.txt && echo written-in-container > /src/from-ct.txt && "
+              "mkdir /src/sub && chmod 640 /src/from-ct.txt && stat -c '%a %u' /src/from-host.txt")
+    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", busybox, "sh", "-c", script).stdout
+    lines = out.splitlines()
+    assert lines[0] == "written on the host"
+    assert lines[1] == f"{(odd / 'from-host.txt').stat().st_mode & 0o777:o} {os.getuid()}"
+    made = odd / "from-ct.txt"
+    assert made.read_text() == "written-in-container\n"
+    assert made.stat().st_uid == os.getuid() and made.stat().st_mode & 0o777 == 0o640
+    assert (odd / "sub").is_dir()
+    # A change on the host is visible at once in a new container (no stale metadata cache).
+    made.write_text("changed on the host\n")
+    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", busybox, "cat", "/src/from-ct.txt").stdout
+    assert out == "changed on the host\n"
+
+
+@pytest.mark.timeout(300)
+def test_bind_outside_shares_logs_a_hint(vm_instance, busybox: str) -> None:  # noqa: ANN001
+    vm = vm_instance
+    outside = f"/opt/pinnace-not-shared-{uuid.uuid4().hex[:6]}"
+    out = vm.docker("run", "--rm", "-v", f"{outside}:/x", busybox, "sh", "-c", "ls -A /x | wc -l").stdout
+    assert out.strip() == "0"  # the engine made an empty directory in the VM
+    log = vm.paths.log_dir / "agent.log"
+    wait_for("the hint in agent.log", lambda: f"bind-mounts {outside}, outside every shared folder" in
+             log.read_text(), 30)
+
+
+@pytest.mark.timeout(1200)
+def test_read_only_share_refuses_writes(fresh_instance, host_dir: Path) -> None:  # noqa: ANN001
+    from tests.imagekit import busybox_image
+
+    vm = fresh_instance
+    (host_dir / "data.txt").write_text("read me\n")
+    set_ = vm.pinnace("config", "set", "shares", f"{host_dir}:ro")
+    assert set_.returncode == 0, set_.stderr
+    started = vm.pinnace("start")
+    assert started.returncode == 0, started.stderr
+    image = busybox_image(vm.client())
+    out = vm.docker("run", "--rm", "-v", f"{host_dir}:/ro", image, "cat", "/ro/data.txt").stdout
+    assert out == "read me\n"
+    write = vm.docker("run", "--rm", "-v", f"{host_dir}:/ro", image, "sh", "-c", "echo x > /ro/new.txt",
+                      check=False)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr + write.stdout
+    assert not (host_dir / "new.txt").exists()
+    # $HOME is no longer shared: a bind of it is the VM's own directory, without the host's files.
+    assert host_dir.name not in vm.docker("run", "--rm", "-v", f"{HOME}:/h", image, "ls", "-A", "/h").stdout
