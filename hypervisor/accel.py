@@ -201,8 +201,15 @@ def choose(
     cache: ProbeCache | None = None,
     identity: ProbeIdentity | None = None,
     facts: AccelFacts | None = None,
+    guest_arch: str | None = None,
+    host_arch: str | None = None,
 ) -> Verdict:
-    """Decide which accelerator to boot with; see the module docstring for the policy."""
+    """Decide which accelerator to boot with; see the module docstring for the policy.
+
+    A guest of another architecture than the host's (PINNACE_ARCH) can only be emulated: TCG.
+    """
+    if guest_arch and host_arch and guest_arch != host_arch:
+        return _choose_foreign(requested, guest_arch, host_arch, available)
     if requested != "auto":
         return _choose_explicit(requested, available, probe, cache, identity)
 
@@ -233,6 +240,17 @@ def choose(
         warning=warning,
         cached=cached,
     )
+
+
+def _choose_foreign(requested: str, guest_arch: str, host_arch: str, available: set[str] | frozenset[str]) -> Verdict:
+    if requested not in ("auto", "tcg"):
+        raise AcceleratorError(
+            f"accel {requested}: a {guest_arch} guest on a {host_arch} host can only be emulated (use auto or tcg)"
+        )
+    if "tcg" not in available:
+        raise AcceleratorError("accel tcg: this QEMU does not support it, and a foreign-architecture guest needs it")
+    return Verdict("tcg", f"TCG: {guest_arch} guest on a {host_arch} host (emulated, no hardware acceleration)",
+                   probed=False, fallback=False)
 
 
 def _choose_explicit(

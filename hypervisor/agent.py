@@ -23,7 +23,7 @@ from hypervisor import accel, bootlog, disk, engine, mounts, process
 from hypervisor.control import OPS, Status, decode, encode
 from hypervisor.errors import ControlError, MachineError, PinnaceError, StateError
 from hypervisor.forward import UnixSocketForwarder
-from hypervisor.hostinfo import host_arch, host_os
+from hypervisor.hostinfo import guest_arch, host_arch, host_os
 from hypervisor.keys import authorized_keys_line, ensure_instance_keys
 from hypervisor.machine import Lifecycle, State
 from hypervisor.monitor import Monitor
@@ -80,7 +80,7 @@ class Agent:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self.os = host_os()
-        self.arch = host_arch()
+        self.host_arch = self.arch = host_arch()
         self.lifecycle = Lifecycle()
         self.status = Status(instance=paths.instance, agent_pid=os.getpid())
         self.watchers: set[asyncio.Queue[Status | None]] = set()
@@ -123,6 +123,10 @@ class Agent:
     # --- control API -----------------------------------------------------------------------
 
     async def serve(self) -> asyncio.AbstractServer:
+        if sys.platform == "win32":  # an owner-only named pipe instead of a unix socket
+            from hypervisor.forward_windows import start_pipe_server
+
+            return await start_pipe_server(self.handle_client, self.paths.named_pipe("control"))  # type: ignore[return-value]
         path = self.paths.control_socket
         if path.exists():
             with contextlib.suppress(OSError):
@@ -224,11 +228,15 @@ class Agent:
         try:
             self.set_stage("checking QEMU and the image")
             env = os.environ
+            self.arch = guest_arch(env)  # the host's, or PINNACE_ARCH's (a foreign guest runs under TCG)
             qemu_path = find_qemu(self.arch, self.os, env, shutil.which, Path.is_file)
             qemu = await loop.run_in_executor(None, QemuBinary.probe, qemu_path)
             qemu_img = find_qemu_img(self.os, env, shutil.which, Path.is_file, near=qemu_path)
             settings = self._load_settings(qemu_img)
             image_dir, image = locate_image(self.arch)
+            if image.arch != self.arch:
+                raise MachineError(f"the image in {image_dir} is for {image.arch}, not {self.arch} "
+                                   f"(a foreign guest needs PINNACE_ARCH={image.arch})")
             kernel = image.path_of(image_dir, "kernel")
             initrd = image.path_of(image_dir, "initrd")
 
@@ -241,7 +249,8 @@ class Agent:
 
             verdict = await loop.run_in_executor(
                 None, lambda: accel.choose(settings.accel, self.os, qemu.accelerators, probe,
-                                           accel.ProbeCache(self.paths.probe_cache), identity))
+                                           accel.ProbeCache(self.paths.probe_cache), identity,
+                                           guest_arch=self.arch, host_arch=self.host_arch))
             self.status.accel, self.status.accel_reason = verdict.accel, verdict.reason
             self.status.accel_warning = verdict.warning or ""
             if verdict.warning:
@@ -332,18 +341,29 @@ class Agent:
             raise
         version = await self._engine_version(loop, deadline=time.monotonic() + timeout)
         self.status.engine_version = str(version.get("Version", ""))
-        self.forwarder = UnixSocketForwarder(self.paths.docker_socket, self._open_engine_channel, "engine")
+        if sys.platform == "win32":  # docker's npipe:// endpoint
+            from hypervisor.forward_windows import NamedPipeForwarder
+
+            engine_endpoint = self.paths.named_pipe("docker")
+            self.forwarder = NamedPipeForwarder(engine_endpoint, self._open_engine_channel, "engine")  # type: ignore[assignment]
+        else:
+            engine_endpoint = str(self.paths.docker_socket)
+            self.forwarder = UnixSocketForwarder(self.paths.docker_socket, self._open_engine_channel, "engine")
         await loop.run_in_executor(None, self.forwarder.start)
-        self.status.docker_socket = str(self.paths.docker_socket)
+        self.status.docker_socket = engine_endpoint
         self._start_ports(port)
         self.status.ready_at = time.time()
         self.set_stage("ready")
         self.to(State.RUNNING, "engine ready")
 
     def _start_ports(self, ssh_port: int) -> None:
-        settings = load_settings(self.paths.settings_file, HostFacts.detect())
+        try:
+            expose_all = load_settings(self.paths.settings_file, HostFacts.detect()).expose_ports_on_all_interfaces
+        except PinnaceError as exc:
+            log.warning("published ports stay on loopback: %s", exc)
+            expose_all = False
         self.ports = PortPublisher(
-            self.monitor.hmp, self._open_engine_channel, settings.expose_ports_on_all_interfaces,
+            self.monitor.hmp, self._open_engine_channel, expose_all,
             reserved={("tcp", "127.0.0.1", ssh_port)}, on_change=self._on_port_forwards,
             on_new_container=mounts.BindHinter(mounts.read_fw_cfg(self.paths.runtime_dir / "shares")))
         self.ports.start()

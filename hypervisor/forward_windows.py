@@ -303,3 +303,77 @@ class NamedPipeForwarder:
         thread.join(timeout)
         self._loop.close()
         log.info("%s forwarder stopped", self.name)
+
+
+# --- the agent's control API on a pipe ---------------------------------------------------------
+
+
+class PipeServer:
+    """An asyncio stream server on an owner-only named pipe, on the running ProactorEventLoop: what
+    asyncio.start_unix_server is for the agent's control API on Linux and macOS.
+
+    Not loop.start_serving_pipe(): that creates the pipe with the default DACL and accepts remote
+    clients; this uses the same pipe flags as NamedPipeForwarder (owner-only DACL,
+    FILE_FLAG_FIRST_PIPE_INSTANCE, PIPE_REJECT_REMOTE_CLIENTS) and the same proactor calls.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipe_name: str, sddl: str,
+                 client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> None:
+        self._loop, self.pipe_name, self._sddl, self._cb = loop, pipe_name, sddl, client_connected_cb
+        self._pending: Any = None
+        self._closed = False
+
+    def _accept(self, handle: int | None = None) -> None:
+        from asyncio.windows_utils import PipeHandle
+
+        if self._closed:
+            return
+        try:
+            raw = handle if handle is not None else _create_pipe_instance(self.pipe_name, self._sddl, False)
+        except OSError as e:
+            log.error("cannot create another instance of %s: %s", self.pipe_name, e)
+            self._loop.call_later(0.5, self._accept)
+            return
+        pipe = PipeHandle(raw)
+        self._pending = pipe
+        future = self._loop._proactor.accept_pipe(pipe)  # type: ignore[attr-defined]
+
+        def accepted(f: asyncio.Future) -> None:
+            self._pending = None
+            if self._closed or f.cancelled() or f.exception() is not None:
+                pipe.close()
+                self._accept()
+                return
+            protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._cb)
+            self._loop._make_duplex_pipe_transport(pipe, protocol, extra={"addr": self.pipe_name})  # type: ignore[attr-defined]
+            self._accept()
+
+        future.add_done_callback(accepted)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+
+
+async def start_pipe_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any], pipe_name: str
+) -> PipeServer:
+    """Serve `pipe_name` on the running loop (a ProactorEventLoop, Windows' default)."""
+    if not pipe_name.startswith(PIPE_PREFIX):
+        raise ForwardError(f"not a local pipe path: {pipe_name!r}")
+    if sys.platform != "win32":
+        raise ForwardError("named pipes are only available on Windows")
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "_proactor"):
+        raise ForwardError("serving a named pipe needs asyncio's ProactorEventLoop")
+    sddl = owner_only_sddl(current_user_sid())
+    try:
+        first = _create_pipe_instance(pipe_name, sddl, first=True)
+    except OSError as e:
+        raise ForwardError(f"cannot create {pipe_name} (is another agent serving it?)", e) from e
+    server = PipeServer(loop, pipe_name, sddl, client_connected_cb)
+    server._accept(first)
+    log.info("serving %s", pipe_name)
+    return server

@@ -10,10 +10,15 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
+
+from hypervisor.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
 HOST_OSES = ("linux", "darwin", "windows")
+GUEST_ARCHES = ("x86_64", "aarch64")
+ARCH_ENV = "PINNACE_ARCH"
 
 
 def host_os(plat: str | None = None) -> str:
@@ -36,6 +41,19 @@ def host_arch(machine: str | None = None) -> str:
     if machine in ("arm64", "aarch64", "armv8", "armv8l"):
         return "aarch64"
     return machine
+
+
+def guest_arch(env: Mapping[str, str] | None = None, machine: str | None = None) -> str:
+    """The guest's architecture: the host's, unless PINNACE_ARCH asks for the other one (then the
+    guest runs under TCG, e.g. an aarch64 guest on an x86_64 host for testing the arm64 image)."""
+    env = os.environ if env is None else env
+    wanted = env.get(ARCH_ENV, "").strip()
+    if not wanted:
+        return host_arch(machine)
+    arch = host_arch(wanted)
+    if arch not in GUEST_ARCHES:
+        raise SettingsError(f"{ARCH_ENV}={wanted!r}: unsupported guest architecture (expected x86_64 or aarch64)")
+    return arch
 
 
 def cpu_count() -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from hypervisor import bootlog, process
 from hypervisor.control import ControlClient, Status
 from hypervisor.errors import ControlError
+from hypervisor.hostinfo import host_os
 from hypervisor.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,13 @@ def agent_argv(paths: Paths) -> list[str]:
     return [sys.executable, "-m", "hypervisor.agent", "--name", paths.instance]
 
 
+def control_address(paths: Paths, os_name: str | None = None) -> Path | str:
+    """The agent's control endpoint: its unix socket, or its named pipe on Windows."""
+    return paths.named_pipe("control") if (os_name or host_os()) == "windows" else paths.control_socket
+
+
 def client(paths: Paths, timeout: float = 5.0) -> ControlClient:
-    return ControlClient(paths.control_socket, timeout=timeout)
+    return ControlClient(control_address(paths), timeout=timeout)
 
 
 def spawn_agent(paths: Paths) -> subprocess.Popen[bytes]:
@@ -104,7 +110,10 @@ def wait_for(control: ControlClient, states: set[str], on_update=None, timeout: 
     return last
 
 
-def docker_host(paths: Paths) -> str:
+def docker_host(paths: Paths, os_name: str | None = None) -> str:
+    """DOCKER_HOST for the instance: unix://<socket>, or npipe:////./pipe/<name> on Windows."""
+    if (os_name or host_os()) == "windows":
+        return "npipe://" + paths.named_pipe("docker").replace("\\", "/")
     return f"unix://{paths.docker_socket}"
 
 

@@ -321,6 +321,7 @@ class PortPublisher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._channels: list[Any] = []
+        self._seen: set[str] = set()  # containers already shown to on_new_container
         self._stopping = threading.Event()
 
     def start(self) -> None:
@@ -371,6 +372,11 @@ class PortPublisher:
             for event in self.engine.events(self._channels):
                 if self._stopping.is_set():
                     return
+                if event.get("Type") == "container" and event.get("Action") == "create":
+                    # At once: a short-lived `--rm` container may be gone before the next sync.
+                    cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+                    with contextlib.suppress(PinnaceError, OSError, EOFError, ValueError):
+                        self._show_new(cid, self.engine.inspect(cid) if cid else None)
                 if event.get("Type") == "pinnace" or relevant(event):
                     loop.call_soon_threadsafe(self._wake.set)
 
@@ -403,10 +409,17 @@ class PortPublisher:
             if inspect is None or not (inspect.get("State") or {}).get("Running", True):
                 continue
             self.inspected[cid] = rules_from_inspect(inspect, self.expose_all)
-            if self.on_new_container is not None:
-                with contextlib.suppress(Exception):
-                    self.on_new_container(inspect)
+            self._show_new(cid, inspect)
         return [rule for cid in running for rule in self.inspected.get(cid, [])]
+
+    def _show_new(self, cid: str, inspect: dict[str, Any] | None) -> None:
+        if inspect is None or cid in self._seen or self.on_new_container is None:
+            return
+        self._seen.add(cid)
+        if len(self._seen) > 10000:
+            self._seen.clear()
+        with contextlib.suppress(Exception):
+            self.on_new_container(inspect)
 
     async def active(self) -> dict[Key, PortRule]:
         return parse_usernet(await self.hmp("info usernet"), self.reserved)

@@ -8,6 +8,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils                       # the VM
+  qemu-system-arm gcc-aarch64-linux-gnu            # the aarch64 guest: run it under TCG, cross-compile its kernel
   openssh-client                                   # `pinnace ssh`, the socket benchmark
   squashfs-tools zstd cpio                         # root image and initrd
   build-essential bc bison flex libelf-dev libssl-dev xz-utils   # the guest kernel

@@ -22,9 +22,29 @@ def busybox_deb(arch: str = "amd64") -> Path:
     return debs[-1]
 
 
+def fetch_busybox_deb(arch: str) -> Path:
+    """busybox_deb(arch); for another Debian arch (arm64) than the image's, download busybox-static
+    through the builder's private apt state for that arch (what `image build --arch` would use)."""
+    try:
+        return busybox_deb(arch)
+    except FileNotFoundError:
+        if arch == "amd64":
+            raise
+    from vmimage import apt
+    from vmimage.recipe import load_recipe
+
+    recipe = load_recipe()
+    machine = {debian: ours for ours, debian in apt.DEBIAN_ARCH.items()}[arch]
+    pkgs = apt.PrivateApt(locations.cache_dir() / "apt" / f"{recipe.suite}-{arch}", recipe.suite, recipe.mirror,
+                          recipe.keyring, machine)
+    pkgs.update()
+    pkgs.fetch(["busybox-static"])
+    return busybox_deb(arch)
+
+
 @functools.cache
 def busybox_binary(arch: str = "amd64") -> bytes:
-    raw = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(busybox_deb(arch))], capture_output=True,
+    raw = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(fetch_busybox_deb(arch))], capture_output=True,
                          check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         member = tar.extractfile("./usr/bin/busybox")

@@ -92,7 +92,7 @@ class KernelBuilder:
             log.info("kernel: cached build %s", key)
             return KernelBuild(done / image_name, done / "config", (done / "release").read_text().strip())
 
-        tree = self._source_tree(source_deb, source_sha256)
+        tree = self._source_tree(source_deb, source_sha256, arch)
         make = ["make", "-C", str(tree), f"ARCH={KERNEL_ARCH[arch]}"]
         if prefix:
             make.append(f"CROSS_COMPILE={prefix}")
@@ -120,8 +120,9 @@ class KernelBuilder:
         staging.rename(done)
         return KernelBuild(done / image_name, done / "config", release)
 
-    def _source_tree(self, source_deb: Path, source_sha256: str) -> Path:
-        work = self.cache_dir / "kernel-src" / source_sha256[:16]
+    def _source_tree(self, source_deb: Path, source_sha256: str, arch: str) -> Path:
+        # One tree per arch: builds are in-tree, and switching ARCH in one tree rebuilds everything.
+        work = self.cache_dir / "kernel-src" / f"{source_sha256[:16]}-{arch}"
         marker = work / ".unpacked"
         if marker.is_file():
             return Path(marker.read_text().strip())

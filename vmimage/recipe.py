@@ -7,7 +7,7 @@ changes what goes into the guest.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Recipe:
     sysinit: str
     respawn: tuple[str, ...]
     shutdown: str
+    arch_include: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -55,6 +56,10 @@ class Recipe:
         if arch not in self.kernel_configs:
             raise RecipeError(f"{self.path.name}: kernel.config has no entry for arch '{arch}'")
         return self.directory / self.kernel_configs[arch]
+
+    def include_for(self, arch: str) -> tuple[str, ...]:
+        """rootfs.include plus the entries only this architecture's image takes."""
+        return self.include + self.arch_include.get(arch, ())
 
     def guest_file(self, name: str) -> Path:
         return self.directory / "guest" / name
@@ -106,6 +111,17 @@ def _parse_mode(file: str, key: str, text: str) -> int:
         raise RecipeError(f"{file}: files.\"{key}\".mode: not an octal mode: {text!r}") from exc
 
 
+def _arch_include(file: str, raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    table = _Table(file, "rootfs.arch_include", raw)
+    result = {}
+    for arch in list(raw):
+        if arch not in ARCHES:
+            raise RecipeError(f"{file}: rootfs.arch_include.{arch}: unknown architecture (known: {', '.join(ARCHES)})")
+        result[arch] = table.take_strings(arch)
+    table.done()
+    return result
+
+
 def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
     """Read and validate a recipe; every problem is one RecipeError line naming file and key."""
     file = path.name
@@ -155,6 +171,7 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
         include=rootfs.take_strings("include"),
         ca_bundle=rootfs.take("ca_bundle", str, ""),
         links=rootfs.take_str_map("links", {}),
+        arch_include=_arch_include(file, rootfs.take("arch_include", dict, {})),
         files=files,
         initrd_init=initrd.take("init", str),
         initrd_compression=initrd.take("compression", str),

@@ -89,7 +89,7 @@ def select_files(tree: Tree, recipe: Recipe, arch: str) -> Selection:
     """Everything the recipe includes, following symlinks and DT_NEEDED, as canonical paths."""
     sel = Selection()
     pending: list[str] = []
-    for pattern in recipe.include:
+    for pattern in recipe.include_for(arch):
         pattern = pattern.replace("{triplet}", TRIPLET[arch])
         matches = tree.glob(pattern) if any(c in pattern for c in "*?[") else [tree.canonical(pattern)]
         matches = [m for m in matches if tree.lexists(m)]

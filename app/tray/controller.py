@@ -62,7 +62,9 @@ class InstanceController(QObject):
     ) -> None:
         super().__init__(parent)
         self.paths = paths
-        self._factory = client_factory or (lambda: ControlClient(paths.control_socket))
+        from hypervisor.launcher import control_address
+
+        self._factory = client_factory or (lambda: ControlClient(control_address(paths)))
         self._ensure_agent = ensure_agent
         self.status: Status | None = None
         self.expected: str | None = None

@@ -7,7 +7,7 @@ Ports: a 256 MB HTTP download and 500 small requests (new connection each) throu
 port (`-p P:80`, forwarded by the agent with hostfwd_add), against the floor: a bare QEMU booted
 by this script with the forward on its command line and busybox httpd in the guest itself.
 Mounts: sequential write/read of a 256 MB file and 5,000 x 1 KB create/stat/read/delete, in a
-container over the share (per 9p cache mode, remounted through SSH) vs the same busybox on the
+container over the share (per 9p cache mode, remounted through SSH) vs the same static binary on the
 host (and in the container's own overlay on the VM disk, for reference). Prints ratios.
 """
 
@@ -34,7 +34,7 @@ from hypervisor.keys import authorized_keys_line, ensure_instance_keys  # noqa: 
 from hypervisor.paths import Paths  # noqa: E402
 from hypervisor.spec import MachineSpec, build_argv  # noqa: E402
 from hypervisor.ssh import GuestSSH, SSHTarget  # noqa: E402
-from tests.imagekit import busybox_binary, busybox_image  # noqa: E402
+from tests.imagekit import busybox_image  # noqa: E402
 
 MOUNT_OPTS = "trans=virtio,version=9p2000.L,msize=512000,access=client"
 
@@ -135,63 +135,99 @@ def floor_vm(accel: str, mb: int) -> Iterator[int]:
 
 # --- mounts -----------------------------------------------------------------------------------
 
-def fs_script(directory: str, mb: int, files: int) -> str:
-    """Timed phases in ms, one `name ms` per line; the same busybox runs it on the host and in a container."""
-    return f"""
-set -e
-d={directory}
-now() {{ read -r up _ < /proc/uptime; echo "${{up%.*}}${{up#*.}}"; }}  # centiseconds
-ms() {{ echo "$1 $(( ($3 - $2) * 10 ))"; }}
-mkdir -p "$d"
-a=$(now); dd if=/dev/zero of="$d/big" bs=1M count={mb} conv=fsync 2>/dev/null; b=$(now); ms write $a $b
-[ -n "${{DROP:-}}" ] && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-a=$(now); dd if="$d/big" of=/dev/null bs=1M 2>/dev/null; b=$(now); ms read $a $b
-rm -f "$d/big"
-kb=$(printf '%01024d' 0)
-mkdir -p "$d/small"; cd "$d/small"
-a=$(now); i=0; while [ $i -lt {files} ]; do printf %s "$kb" > f$i; i=$((i+1)); done; b=$(now); ms create $a $b
-a=$(now); i=0; while [ $i -lt {files} ]; do [ -f f$i ]; i=$((i+1)); done; b=$(now); ms stat $a $b
-a=$(now); i=0; while [ $i -lt {files} ]; do read -r x < f$i || true; i=$((i+1)); done; b=$(now); ms readsmall $a $b
-cd /; a=$(now); rm -rf "$d/small"; b=$(now); ms delete $a $b
+FSBENCH_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+int main(int argc, char **argv) {
+    const char *d = argv[1]; int mb = atoi(argv[2]), files = atoi(argv[3]);
+    static char big[1 << 20], kb[1024], path[4096];
+    memset(big, 'x', sizeof big); memset(kb, 'y', sizeof kb);
+    mkdir(d, 0755);
+    snprintf(path, sizeof path, "%s/big", d);
+    double a = now();
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    for (int i = 0; i < mb; i++) if (write(fd, big, sizeof big) != sizeof big) return 2;
+    fsync(fd); close(fd);
+    printf("write %.1f\n", now() - a);
+    if (getenv("DROP")) {  /* the guest's page cache, so the read comes over the share */
+        int c = open("/proc/sys/vm/drop_caches", O_WRONLY); if (c >= 0) { write(c, "3", 1); close(c); }
+    }
+    a = now(); fd = open(path, O_RDONLY);
+    while (read(fd, big, sizeof big) > 0) {}
+    close(fd); printf("read %.1f\n", now() - a);
+    unlink(path);
+    a = now();
+    for (int i = 0; i < files; i++) {
+        snprintf(path, sizeof path, "%s/f%d", d, i);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || write(fd, kb, sizeof kb) != sizeof kb) return 3;
+        close(fd);
+    }
+    printf("create %.1f\n", now() - a);
+    struct stat st; a = now();
+    for (int i = 0; i < files; i++) { snprintf(path, sizeof path, "%s/f%d", d, i); if (stat(path, &st)) return 4; }
+    printf("stat %.1f\n", now() - a);
+    a = now();
+    for (int i = 0; i < files; i++) {
+        snprintf(path, sizeof path, "%s/f%d", d, i);
+        fd = open(path, O_RDONLY); if (fd < 0 || read(fd, kb, sizeof kb) != sizeof kb) return 5; close(fd);
+    }
+    printf("readsmall %.1f\n", now() - a);
+    a = now();
+    for (int i = 0; i < files; i++) { snprintf(path, sizeof path, "%s/f%d", d, i); unlink(path); }
+    printf("delete %.1f\n", now() - a);
+    rmdir(d);
+    return 0;
+}
 """
+
+
+def build_fsbench(directory: Path) -> Path:
+    """The same static binary runs on the host and in the container."""
+    (directory / "fsbench.c").write_text(FSBENCH_C)
+    out = directory / "fsbench"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(directory / "fsbench.c")], check=True)
+    return out
 
 
 def parse_ms(out: str) -> dict[str, float]:
     return {k: float(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
 
 
-def host_fs(directory: Path, mb: int, files: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        bb = Path(tmp) / "busybox"
-        bb.write_bytes(busybox_binary())
-        bb.chmod(0o755)
-        for applet in ("sh", "dd", "mkdir", "rm", "printf"):
-            (Path(tmp) / applet).symlink_to(bb)
-        out = subprocess.run([str(bb), "sh", "-c", fs_script(str(directory), mb, files)], capture_output=True,
-                             text=True, check=True, env={"PATH": tmp})
+def host_fs(binary: Path, directory: Path, mb: int, files: int) -> dict[str, float]:
+    out = subprocess.run([str(binary), str(directory), str(mb), str(files)], capture_output=True, text=True,
+                         check=True)
     return parse_ms(out.stdout)
 
 
-def container_fs(env: dict[str, str], image: str, bind: Path | None, mb: int, files: int) -> dict[str, float]:
-    args = ["run", "--rm", "--privileged", "-e", "DROP=1"]
-    target = "/tmp/bench"
+def container_fs(env: dict[str, str], image: str, tools: Path, bind: Path | None, mb: int,
+                 files: int) -> dict[str, float]:
+    target = "/tmp/bench" if bind is None else "/bench/run"
+    args = ["run", "--rm", "--privileged", "-e", "DROP=1", "-v", f"{tools}:/tools:ro"]
     if bind is not None:
         args += ["-v", f"{bind}:/bench"]
-        target = "/bench/run"
-    return parse_ms(docker(env, *args, image, "sh", "-c", fs_script(target, mb, files)))
+    return parse_ms(docker(env, *args, image, "/tools/fsbench", target, str(mb), str(files)))
 
 
 def remount(ssh: GuestSSH, tag: str, path: str, cache: str) -> None:
     res = ssh.run(f"cd / && umount -l '{path}' && mount -t 9p -o {MOUNT_OPTS},cache={cache} {tag} '{path}'",
                   timeout=60)
-    if res.status != 0:
-        raise RuntimeError(f"remount {path} cache={cache}: {res.stderr}")
+    if res.exit_status != 0:
+        raise RuntimeError(f"remount {path} cache={cache}: {bytes(res.stderr).decode(errors='replace')}")
 
 
 def share_of(ssh: GuestSSH, directory: Path) -> tuple[str, str, str]:
     """(tag, mount point, cache option) of the 9p mount covering `directory` in the guest."""
     best = ("", "", "")
-    for line in ssh.run("cat /proc/mounts").stdout.splitlines():
+    for line in bytes(ssh.run("cat /proc/mounts").stdout).decode(errors="replace").splitlines():
         src, mnt, fstype, opts, *_ = line.split()
         mnt = mnt.replace("\\040", " ")
         if fstype == "9p" and (str(directory) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best[1]):
@@ -225,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mounts", action="store_true")
     p.add_argument("--cache-modes", default="mmap,none,loose")
     args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the floor VM's sshd is not up at once
 
     paths = Paths.for_instance(args.name)
     env = {**os.environ, "DOCKER_HOST": f"unix://{paths.docker_socket}"}
@@ -269,16 +308,19 @@ def main(argv: list[str] | None = None) -> int:
         bench_dir.mkdir()
         try:
             tag, mnt, original = share_of(ssh, bench_dir)
-            base = host_fs(bench_dir / "host", args.mb, args.files)
+            tools = bench_dir / "tools"
+            tools.mkdir()
+            binary = build_fsbench(tools)
+            base = host_fs(binary, bench_dir / "host", args.mb, args.files)
             print(f"\nmounts: {args.mb} MB sequential, {args.files} x 1 KB files (share {mnt}, tag {tag})")
             print(f"  {'where':<22}  {'write':>13}  {'read':>13}  {'create':>10}  {'stat':>10}  {'read':>10}"
                   f"  {'delete':>10}  small-file ratio vs host")
-            print("  " + row("host (same busybox)", base, base, args.mb))
-            local = container_fs(env, image, None, args.mb, args.files)
+            print("  " + row("host (same binary)", base, base, args.mb))
+            local = container_fs(env, image, tools, None, args.mb, args.files)
             print("  " + row("container, VM disk", local, base, args.mb))
             for cache in [c for c in args.cache_modes.split(",") if c]:
                 remount(ssh, tag, mnt, cache)
-                vals = container_fs(env, image, bench_dir, args.mb, args.files)
+                vals = container_fs(env, image, tools, bench_dir, args.mb, args.files)
                 print("  " + row(f"container, 9p {cache}", vals, base, args.mb))
             remount(ssh, tag, mnt, original)
         finally:

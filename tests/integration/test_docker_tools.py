@@ -9,6 +9,7 @@ i.e. long-lived HTTP/2 streams inside our per-connection SSH channels.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -84,8 +85,8 @@ services:
 @pytest.mark.timeout(60)
 def test_plugins_are_found_by_the_cli(vm_instance, plugins):
     assert set(plugins) == {"docker-compose", "docker-buildx"}
-    assert "Docker Compose version v2" in docker(vm_instance, "compose", "version").stdout.replace(
-        "version 2", "version v2")
+    version = docker(vm_instance, "compose", "version").stdout
+    assert re.match(r"Docker Compose version v?2\.", version), version
     assert "buildx" in docker(vm_instance, "buildx", "version").stdout
     ls = docker(vm_instance, "buildx", "ls").stdout
     assert "running" in ls, ls  # the engine's builder, reached through our socket
@@ -108,7 +109,10 @@ def test_compose_up_ps_logs_down(vm_instance, plugins, tmp_path, buildkit):
                       buildkit=buildkit, cwd=root, timeout=timeout, check=check)
 
     try:
-        compose("up", "-d", "--build", "--quiet-pull")
+        up = compose("up", "-d", "--build", "--quiet-pull")
+        built = up.stdout + up.stderr
+        if buildkit:  # compose drives the engine's BuildKit (via /session and /grpc) itself
+            assert "exporting to image" in built or "naming to" in built, built
         ps = compose("ps", "--format", "json").stdout
         rows = _json_rows(ps)
         assert {r["Service"] for r in rows} == {"web", "worker"}, ps
@@ -124,7 +128,7 @@ def test_compose_up_ps_logs_down(vm_instance, plugins, tmp_path, buildkit):
             logs = worker_logs()
         assert f"got: hello from {project}" in logs, logs
         web_logs = compose("logs", "--no-color", "web", timeout=120).stdout
-        assert "GET /index.html" in web_logs or "index.html" in web_logs or web_logs.strip(), web_logs
+        assert "response:200" in web_logs, web_logs  # busybox httpd -v logs each request it served
 
         compose("down", "--rmi", "local", "--volumes", "--timeout", "2")
         left = docker(vm_instance, "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",

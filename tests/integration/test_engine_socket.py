@@ -202,6 +202,14 @@ def test_stdin_half_close_reaches_container(vm_instance, busybox):
 
 
 @pytest.mark.vm
+@pytest.mark.timeout(180)
+def test_output_continues_after_stdin_eof(vm_instance, busybox):
+    """After the client half-closes (stdin EOF) the connection must stay up for the rest of the output."""
+    proc = vm_instance.docker("run", "-i", "--rm", busybox, "sh", "-c", "cat; sleep 3; echo after-eof", input="data\n")
+    assert proc.stdout == "data\nafter-eof\n"
+
+
+@pytest.mark.vm
 @pytest.mark.timeout(240)
 def test_stdin_bulk_through_attach_is_exact(vm_instance, busybox):
     payload = os.urandom(8 * MIB)

@@ -76,8 +76,9 @@ def test_kernel_size_budget(built: manifest.Manifest) -> None:
 
 
 def test_boot_size_regression_guard(built: manifest.Manifest) -> None:
-    """Measured 63.5 MiB (zstd root image); catches growth while the 45 MB budget is out of reach."""
-    assert built.boot_size <= 66 * 2**20
+    """Measured 66.4 MiB (zstd root image; 2.9 MiB of it the static qemu-aarch64 for arm64 containers);
+    catches growth while the 45 MB budget is out of reach."""
+    assert built.boot_size <= 69 * 2**20
 
 
 @pytest.mark.xfail(strict=True, reason="Debian 13's dockerd (92 MB) + containerd (52 MB) do not compress "
@@ -103,7 +104,8 @@ def build(tmp_path: Path, recipe: Path, timeout: float = 900) -> subprocess.Comp
 
 @pytest.mark.timeout(300)
 def test_missing_package_is_a_one_line_error(tmp_path: Path, image_dir: Path) -> None:
-    recipe = copy_recipe(tmp_path, DEFAULT_RECIPE.read_text().replace('"netbase",', '"netbase", "no-such-pkg-pinnace",'))
+    text = DEFAULT_RECIPE.read_text().replace('"netbase",', '"netbase", "no-such-pkg-pinnace",')
+    recipe = copy_recipe(tmp_path, text)
     result = build(tmp_path, recipe)
     assert result.returncode == 1
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("pinnace: error")]

@@ -264,4 +264,10 @@ def test_read_only_share_refuses_writes(fresh_instance, host_dir: Path) -> None:
     assert write.returncode != 0 and "Read-only file system" in write.stderr + write.stdout
     assert not (host_dir / "new.txt").exists()
     # $HOME is no longer shared: a bind of it is the VM's own directory, without the host's files.
-    assert host_dir.name not in vm.docker("run", "--rm", "-v", f"{HOME}:/h", image, "ls", "-A", "/h").stdout
+    marker = HOME / f"{host_dir.name}-marker"
+    marker.write_text("host only\n")
+    try:
+        listing = vm.docker("run", "--rm", "-v", f"{HOME}:/h", image, "ls", "-A", "/h").stdout.split()
+        assert marker.name not in listing
+    finally:
+        marker.unlink()
