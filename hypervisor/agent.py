@@ -21,7 +21,14 @@ from pathlib import Path
 
 from hypervisor import accel, bootlog, disk, engine, mounts, process
 from hypervisor.control import OPS, Status, decode, encode
-from hypervisor.errors import ControlError, MachineError, PinnaceError, StateError
+from hypervisor.errors import (
+    ControlError,
+    HostKeyMismatchError,
+    MachineError,
+    PinnaceError,
+    SSHError,
+    StateError,
+)
 from hypervisor.forward import UnixSocketForwarder
 from hypervisor.hostinfo import guest_arch, host_arch, host_os
 from hypervisor.keys import authorized_keys_line, ensure_instance_keys
@@ -39,7 +46,8 @@ from vmimage import manifest as image_manifest
 
 log = logging.getLogger("pinnace.agent")
 
-STOP_GRACE_S = 15.0  # system_powerdown -> guest's clean poweroff; then quit; then kill
+STOP_GRACE_S = 15.0
+ENGINE_RECONNECT_GRACE_S = 20.0  # system_powerdown -> guest's clean poweroff; then quit; then kill
 READY_TIMEOUT_S = {"tcg": 240.0}
 READY_TIMEOUT_DEFAULT_S = 90.0
 
@@ -373,9 +381,21 @@ class Agent:
         self.publish()
 
     def _open_engine_channel(self):  # noqa: ANN202 - a paramiko Channel
+        """A channel to the guest's engine socket; rides out an sshd restart (a few seconds)."""
         if self.ssh is None:
             raise MachineError("the VM is not running")
-        return self.ssh.open_unix_channel("/var/run/docker.sock", timeout=10.0)
+        deadline, delay = time.monotonic() + ENGINE_RECONNECT_GRACE_S, 0.1
+        while True:
+            try:
+                return self.ssh.open_unix_channel("/var/run/docker.sock", timeout=10.0)
+            except HostKeyMismatchError:
+                raise
+            except SSHError:
+                # A live transport means the guest refused the socket (dockerd down): fail now.
+                if self.ssh is None or self.ssh.is_active() or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _engine_version(self, loop: asyncio.AbstractEventLoop, deadline: float) -> dict:
         last: BaseException | None = None
@@ -575,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Reconnect attempts while the guest boots make paramiko log whole tracebacks; ours say enough.
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     logging.getLogger("qemu").setLevel(logging.WARNING)
     lock = acquire_lock(paths.agent_lock)
     if lock is None:

@@ -161,14 +161,6 @@ class Paths:
         return self.data_dir / "keys"
 
     @property
-    def client_key(self) -> Path:
-        return self.keys_dir / "client_ed25519"
-
-    @property
-    def host_key(self) -> Path:
-        return self.keys_dir / "host_ed25519"
-
-    @property
     def qmp_socket(self) -> Path:
         return self.socket_dir / "qmp.sock"
 

@@ -481,7 +481,7 @@ def test_client_killed_mid_load_leaves_no_stuck_channel(vm_instance):
     status, body = api_get(str(sock_path), "/_ping")
     assert (status, body) == (200, b"OK")
     assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
-    # And a full-size transfer works again right after.
+    # And the engine state is readable (the aborted load left nothing wedged).
     assert vm_instance.docker("image", "ls", "-q").returncode == 0
 
 
@@ -527,8 +527,6 @@ def _ping_ok(vm) -> bool:  # noqa: ANN001 - conftest.Instance
 
 @pytest.mark.vm
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=False, reason="the agent refuses clients while the guest sshd is down instead of "
-                                        "waiting for it to come back (reconnect grace; see the report)")
 def test_request_during_sshd_restart_waits_for_reconnect(vm_instance):
     """A request made while sshd is being respawned should wait for it, not be reset."""
     guest_sh(vm_instance, "kill $(pidof sshd) $(pidof sshd-session)")

@@ -73,8 +73,6 @@ def test_file_properties(tmp_path: Path) -> None:
     assert p.settings_file == p.config_dir / "settings.toml"
     assert p.data_disk == p.data_dir / "data.qcow2"
     assert p.keys_dir == p.data_dir / "keys"
-    assert p.client_key == p.keys_dir / "client_ed25519"
-    assert p.host_key == p.keys_dir / "host_ed25519"
     assert p.control_socket == p.runtime_dir / "agent.sock"
     assert p.docker_socket == p.runtime_dir / "docker.sock"
     assert p.qmp_socket.parent == p.runtime_dir
