@@ -283,21 +283,29 @@ class GuestSSH:
         """A new channel connected to the unix socket `path` inside the guest."""
         transport = self.ensure_connected(timeout)
         try:
-            return transport.open_streamlocal(path, timeout)
-        except paramiko.ChannelException as e:
-            raise SSHError(f"guest refused to connect to {path}", e) from e
+            return self._open_streamlocal(transport, path, timeout)
         except (paramiko.SSHException, OSError, EOFError) as e:
+            if transport.is_active() and "Timeout" in str(e):
+                # A slow guest, not a dead link: dropping the transport would cut every live
+                # connection (log follows, builds) for one slow open.
+                raise SSHError(f"opening a channel to {path} timed out after {timeout:.0f} s", e) from e
             # The transport died under us (or hangs half-open): reconnect once and retry.
             log.info("channel open failed (%s); reconnecting", e)
             self._drop(transport)
         transport = self.ensure_connected(timeout)
         try:
-            return transport.open_streamlocal(path, timeout)
-        except paramiko.ChannelException as e:
-            raise SSHError(f"guest refused to connect to {path}", e) from e
+            return self._open_streamlocal(transport, path, timeout)
         except (paramiko.SSHException, OSError, EOFError) as e:
             self._drop(transport)
             raise SSHError(f"cannot open a channel to {path} in the guest", e) from e
+
+    @staticmethod
+    def _open_streamlocal(transport: _StreamLocalTransport, path: str, timeout: float) -> paramiko.Channel:
+        """One attempt; a refusal by the guest (no such socket) is final, other errors are the caller's."""
+        try:
+            return transport.open_streamlocal(path, timeout)
+        except paramiko.ChannelException as e:
+            raise SSHError(f"guest refused to connect to {path}", e) from e
 
     def _drop(self, transport: paramiko.Transport) -> None:
         with self._lock:
