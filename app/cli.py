@@ -101,8 +101,11 @@ def _current_disk_gib(paths: Paths) -> int | None:
         return None
 
 
-def load_settings(paths: Paths) -> settings_mod.Settings:
-    return settings_mod.load(paths.settings_file, _host(), _current_disk_gib(paths))
+def load_settings(paths: Paths, host: HostFacts | None = None, disk_gib: int | None = None) -> settings_mod.Settings:
+    """Settings validated against this host and the existing disk (pass them when already known)."""
+    host = host or _host()
+    disk_gib = disk_gib if disk_gib is not None else _current_disk_gib(paths)
+    return settings_mod.load(paths.settings_file, host, disk_gib)
 
 
 def _mib(n: int | None) -> str:
@@ -169,16 +172,17 @@ def _print_ready(paths: Paths, status: Status, use_context: bool) -> None:
 def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("cpus", "memory_mib", "disk_gib", "accel")
                  if getattr(args, k) is not None}
-    current = load_settings(paths)
+    host, disk_gib = _host(), _current_disk_gib(paths)
+    current = load_settings(paths, host, disk_gib)
     previous_text = paths.settings_file.read_text() if paths.settings_file.exists() else None
     if overrides:
         updated = current
         for key, value in overrides.items():
-            updated = settings_mod.set_value(updated, key, str(value), _host(), _current_disk_gib(paths))
-        settings_mod.save(paths.settings_file, updated, _host(), _current_disk_gib(paths))
-    status = launcher.client(paths)
-    if status.is_alive():
-        now = status.status()
+            updated = settings_mod.set_value(updated, key, str(value), host, disk_gib)
+        settings_mod.save(paths.settings_file, updated, host, disk_gib)
+    control = launcher.client(paths)
+    if control.is_alive():
+        now = control.status()
         if now.state == "running":
             print(f"pinnace: instance '{paths.instance}' is already running")
             _print_ready(paths, now, args.use_context)
@@ -309,16 +313,16 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_config(paths: Paths, args: argparse.Namespace) -> int:
-    current = load_settings(paths)
+    host, disk_gib = _host(), _current_disk_gib(paths)
+    current = load_settings(paths, host, disk_gib)
     if args.config_command == "show":
         print(settings_mod.to_toml(current), end="")
         return 0
     if args.config_command == "get":
         print(settings_mod.get_value(current, args.key))
         return 0
-    disk_gib = _current_disk_gib(paths)
-    updated = settings_mod.set_value(current, args.key, args.value, _host(), disk_gib)
-    settings_mod.save(paths.settings_file, updated, _host(), disk_gib)
+    updated = settings_mod.set_value(current, args.key, args.value, host, disk_gib)
+    settings_mod.save(paths.settings_file, updated, host, disk_gib)
     print(f"{args.key} = {settings_mod.get_value(updated, args.key)}")
     if launcher.client(paths).is_alive():
         print("the new value applies at the next start (pinnace restart)")
