@@ -17,7 +17,7 @@ from pathlib import Path
 from app import dockerctx
 from hypervisor import engine, launcher
 from hypervisor import settings as settings_mod
-from hypervisor.control import Status
+from hypervisor.control import PipeStream, Status, is_pipe
 from hypervisor.disk import GIB
 from hypervisor.errors import PinnaceError, SettingsError
 from hypervisor.paths import Paths
@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("ssh", help="a shell (or a command) in the guest")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
     e = sub.add_parser("env", help="print DOCKER_HOST for your shell")
-    e.add_argument("--shell", choices=["sh", "fish", "powershell"],
-                   default="powershell" if sys.platform == "win32" else "sh")
+    e.add_argument("--shell", choices=["sh", "fish", "powershell"], default=dockerctx.default_shell())
     img = sub.add_parser("image", help="build or describe the guest image")
     image_cli.add_arguments(img)
     sub.add_parser("tray", help="start the tray app")
@@ -152,18 +151,19 @@ class Progress:
 
 def _print_ready(paths: Paths, status: Status, use_context: bool) -> None:
     host = launcher.docker_host(paths)
+    env_line = dockerctx.env_lines(host, dockerctx.default_shell())[0]  # PowerShell syntax on Windows
     print(f"Pinnace is running: Docker {status.engine_version} ({status.accel})")
     if status.accel_warning:
         print(f"warning: {status.accel_warning}")
-    print(f"engine socket: {paths.docker_socket}")
+    print(f"engine socket: {launcher.engine_address(paths)}")
     ctx = dockerctx.ensure_context(paths.instance, host, use=use_context)
     if ctx and use_context:
         print(f"docker context '{ctx}' is now current")
     elif ctx:
         print(f"use it with:   docker context use {ctx}")
-        print(f"          or:  export DOCKER_HOST={host}")
+        print(f"          or:  {env_line}")
     else:
-        print(f"use it with:   export DOCKER_HOST={host}")
+        print(f"use it with:   {env_line}")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -245,11 +245,24 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
     return 0 if status.state != "error" else 1
 
 
+def _engine_get(endpoint: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """GET from the forwarded engine: its named pipe on Windows (no AF_UNIX there), else its socket."""
+    if is_pipe(endpoint):
+        return engine.get(PipeStream.connect(endpoint, timeout), path)
+    return engine.unix_get(endpoint, path, timeout)
+
+
+def disk_bytes(st: os.stat_result) -> int:
+    """Bytes a (sparse) file really takes: st_blocks where there is one, its size on Windows."""
+    blocks = getattr(st, "st_blocks", None)
+    return blocks * 512 if blocks is not None else st.st_size
+
+
 def reset_summary(paths: Paths, status: Status) -> list[str]:
     lines = []
     if status.state == "running" and status.docker_socket:
         try:
-            code, body = engine.unix_get(status.docker_socket, "/system/df")
+            code, body = _engine_get(status.docker_socket, "/system/df")
             if code == 200:
                 u = engine.usage_summary(json.loads(body))
                 lines.append(f"  {u['containers']} containers, {u['images']} images, {u['volumes']} volumes "
@@ -259,7 +272,7 @@ def reset_summary(paths: Paths, status: Status) -> list[str]:
     if not lines:
         lines.append("  every container, image and volume (the engine is not running, so they cannot be counted)")
     if paths.data_disk.exists():
-        used = paths.data_disk.stat().st_blocks * 512 / GIB
+        used = disk_bytes(paths.data_disk.stat()) / GIB
         lines.append(f"  the data disk {paths.data_disk} ({used:.2f} GiB on disk)")
     lines.append("  the instance's SSH keys (new ones are made)")
     return lines

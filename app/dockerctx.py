@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ def context_argv(docker: str, name: str, host: str, exists: bool) -> list[str]:
 
 
 def ensure_context(instance: str, host: str, use: bool = False) -> str | None:
-    """Returns the context name, or None when the docker CLI is not installed."""
+    """Returns the context name, or None when the docker CLI is not installed. `host` is
+    launcher.docker_host(): unix://<socket>, or npipe:////./pipe/pinnace-<instance> on Windows."""
     docker = shutil.which("docker")
     if docker is None:
         return None
@@ -35,6 +37,11 @@ def ensure_context(instance: str, host: str, use: bool = False) -> str | None:
     if use:
         run([docker, "context", "use", name])
     return name
+
+
+def default_shell(platform: str | None = None) -> str:
+    """The shell `pinnace env` writes for: PowerShell on Windows (no `export` there), else sh."""
+    return "powershell" if (sys.platform if platform is None else platform) == "win32" else "sh"
 
 
 def env_lines(host: str, shell: str) -> list[str]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from hypervisor.errors import ControlError
+from hypervisor.paths import PIPE_PREFIX
 
 OPS = ("status", "stop", "restart", "reset", "watch")
-PIPE_PREFIX = "\\\\.\\pipe\\"
 
 
 def is_pipe(address: Path | str) -> bool:

@@ -20,29 +20,31 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from hypervisor.errors import ForwardError
+from hypervisor.errors import ForwardError, SettingsError
+from hypervisor.paths import PIPE_PREFIX, pipe_name
 
 log = logging.getLogger(__name__)
 
-PIPE_PREFIX = "\\\\.\\pipe\\"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SID_RE = re.compile(r"^S-1(-\d+){1,15}$")
 _HIGH_WATER = 1 << 20  # client bytes queued for the channel before we stop reading the pipe
 BUFFER_SIZE = 256 * 1024
 
 
 def pipe_path(instance: str) -> str:
-    r"""The engine pipe for an instance, e.g. \\.\pipe\pinnace-default-engine."""
-    if not _NAME_RE.match(instance):
-        raise ForwardError(f"invalid instance name for a pipe: {instance!r}")
-    return f"{PIPE_PREFIX}pinnace-{instance}-engine"
+    r"""The engine pipe for an instance, e.g. \\.\pipe\pinnace-default: Paths.named_pipe("docker"),
+    which DOCKER_HOST, the docker context and the agent's forwarder all use."""
+    try:
+        return pipe_name(instance, "docker")
+    except SettingsError as e:
+        raise ForwardError(f"invalid instance name for a pipe: {instance!r}", e) from e
 
 
-def owner_only_sddl(sid: str) -> str:
-    """A protected DACL granting GENERIC_ALL to exactly one SID (no inheritance, nobody else)."""
+def owner_only_sddl(sid: str, inherit: bool = False) -> str:
+    """A protected DACL granting GENERIC_ALL to exactly one SID (nothing inherited from above,
+    nobody else). `inherit` makes a directory pass it on to the files created inside it."""
     if not _SID_RE.match(sid):
         raise ForwardError(f"not a SID string: {sid!r}")
-    return f"D:P(A;;GA;;;{sid})"
+    return f"D:P(A;{'OICI' if inherit else ''};GA;;;{sid})"
 
 
 # --- Win32 via ctypes (only ever called on Windows) ---------------------------------------------
@@ -75,6 +77,40 @@ def current_user_sid() -> str:
             kernel32.LocalFree(text)
     finally:
         kernel32.CloseHandle(token)
+
+
+def set_owner_only_acl(path: str, inherit: bool = False) -> None:
+    """Replace a file's or directory's DACL by owner_only_sddl(current user): Windows' 0600/0700.
+
+    chmod on Windows only toggles the read-only flag, so private keys need this instead.
+    """
+    import ctypes
+    from ctypes import wintypes
+
+    advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    SE_FILE_OBJECT, DACL_SECURITY_INFORMATION = 1, 0x00000004  # noqa: N806 - Win32 names
+    PROTECTED_DACL_SECURITY_INFORMATION = 0x80000000  # noqa: N806 - do not inherit the parent's ACEs
+    descriptor = ctypes.c_void_p()
+    if not advapi32.ConvertStringSecurityDescriptorToSecurityDescriptorW(
+        owner_only_sddl(current_user_sid(), inherit), 1, ctypes.byref(descriptor), None
+    ):
+        raise ctypes.WinError(ctypes.get_last_error())
+    try:
+        present, defaulted, dacl = wintypes.BOOL(), wintypes.BOOL(), ctypes.c_void_p()
+        if not advapi32.GetSecurityDescriptorDacl(descriptor, ctypes.byref(present), ctypes.byref(dacl),
+                                                  ctypes.byref(defaulted)):
+            raise ctypes.WinError(ctypes.get_last_error())
+        set_info = advapi32.SetNamedSecurityInfoW
+        set_info.argtypes = (wintypes.LPWSTR, ctypes.c_int, wintypes.DWORD, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p)
+        set_info.restype = wintypes.DWORD  # the error code itself, not via GetLastError
+        error = set_info(str(path), SE_FILE_OBJECT, DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                         None, None, dacl, None)
+        if error:
+            raise ctypes.WinError(error)
+    finally:
+        kernel32.LocalFree(descriptor)
 
 
 def _create_pipe_instance(path: str, sddl: str, first: bool) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,38 @@ class InstanceKeys:
     host_public: str
 
 
+def _is_private(mode: int) -> bool:
+    return not mode & 0o077
+
+
+def _restrict(path: Path, mode: int, fd: int | None = None, directory: bool = False) -> None:
+    """chmod on POSIX; on Windows, where chmod only toggles read-only, an owner-only ACL for what
+    must be private (a key, its directory) and nothing for what may be public (a .pub file).
+
+    On Windows a failure is logged, not raised: the file keeps the ACL it inherited, which in the
+    default location (the user's profile) already excludes other users.
+    """
+    if sys.platform != "win32":
+        if fd is not None:
+            os.fchmod(fd, mode)
+        else:
+            os.chmod(path, mode)
+        return
+    if not _is_private(mode):
+        return
+    from hypervisor.forward_windows import set_owner_only_acl
+
+    try:
+        set_owner_only_acl(str(path), inherit=directory)
+    except OSError as exc:
+        log.warning("cannot restrict %s to its owner: %s", path, exc)
+
+
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write via a temp file + rename so a crash never leaves a half-written key behind."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
+        _restrict(Path(tmp), mode, fd)  # before the secret is written; the rename keeps it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -58,9 +86,9 @@ def _ensure_private_dir(directory: Path, tighten_existing: bool = False) -> None
     """Create `directory` 0700; only tighten an existing one when it is ours (never e.g. /tmp)."""
     if not directory.exists():
         directory.mkdir(parents=True, mode=0o700)
-        os.chmod(directory, 0o700)  # mkdir's mode is filtered through the umask
-    elif tighten_existing and directory.stat().st_mode & 0o077:
-        os.chmod(directory, 0o700)
+        _restrict(directory, 0o700, directory=True)  # mkdir's mode is filtered through the umask
+    elif tighten_existing and (sys.platform == "win32" or directory.stat().st_mode & 0o077):
+        _restrict(directory, 0o700, directory=True)
 
 
 def _public_openssh(key: Ed25519PrivateKey, comment: str) -> str:
@@ -107,8 +135,8 @@ def authorized_keys_line(client_public: str) -> str:
 def _ensure_key(private_path: Path, comment: str) -> str:
     if not private_path.exists():
         return generate_keypair(private_path, comment)
-    if private_path.stat().st_mode & 0o077:
-        os.chmod(private_path, 0o600)
+    if sys.platform == "win32" or private_path.stat().st_mode & 0o077:  # st_mode is no ACL on Windows
+        _restrict(private_path, 0o600)
     public = public_line(private_path, comment)
     pub = _pub_path(private_path)
     if not pub.exists() or pub.read_text(encoding="ascii").strip() != public:

@@ -5,23 +5,39 @@ from __future__ import annotations
 
 import json
 import logging
+import ntpath
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hypervisor import bootlog, process
 from hypervisor.control import ControlClient, Status
 from hypervisor.errors import ControlError
 from hypervisor.hostinfo import host_os
-from hypervisor.paths import Paths
+from hypervisor.paths import Paths, npipe_url
 
 log = logging.getLogger(__name__)
 
 
-def agent_argv(paths: Paths) -> list[str]:
-    return [sys.executable, "-m", "hypervisor.agent", "--name", paths.instance]
+def agent_python(executable: str, platform: str | None = None,
+                 exists: Callable[[str], bool] = os.path.exists) -> str:
+    """The interpreter for the agent: on Windows python.exe even when we run under pythonw.exe (the
+    tray). A console python under CREATE_NO_WINDOW gets a hidden console that qemu-img, the accel
+    probes and PowerShell share; under pythonw each of them would open a console window."""
+    if not process.is_windows(platform):
+        return executable
+    folder, name = ntpath.split(executable)
+    if name.lower() != "pythonw.exe":
+        return executable
+    console = ntpath.join(folder, "python.exe")
+    return console if exists(console) else executable
+
+
+def agent_argv(paths: Paths, platform: str | None = None) -> list[str]:
+    return [agent_python(sys.executable, platform), "-m", "hypervisor.agent", "--name", paths.instance]
 
 
 def control_address(paths: Paths, os_name: str | None = None) -> Path | str:
@@ -37,7 +53,7 @@ def spawn_agent(paths: Paths) -> subprocess.Popen[bytes]:
     paths.ensure_dirs()
     with open(paths.log_dir / "agent.stderr.log", "ab") as err:
         proc = subprocess.Popen(agent_argv(paths), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                start_new_session=True, close_fds=True, env=dict(os.environ))
+                                env=dict(os.environ), **process.spawn_options())
     paths.agent_pidfile.write_text(str(proc.pid))
     return proc
 
@@ -110,11 +126,15 @@ def wait_for(control: ControlClient, states: set[str], on_update=None, timeout: 
     return last
 
 
+def engine_address(paths: Paths, os_name: str | None = None) -> Path | str:
+    """Where the forwarded engine listens: its unix socket, or its named pipe on Windows."""
+    return paths.named_pipe("docker") if (os_name or host_os()) == "windows" else paths.docker_socket
+
+
 def docker_host(paths: Paths, os_name: str | None = None) -> str:
-    """DOCKER_HOST for the instance: unix://<socket>, or npipe:////./pipe/<name> on Windows."""
-    if (os_name or host_os()) == "windows":
-        return "npipe://" + paths.named_pipe("docker").replace("\\", "/")
-    return f"unix://{paths.docker_socket}"
+    """DOCKER_HOST for the instance: unix://<socket>, or npipe:////./pipe/pinnace-<instance> on Windows."""
+    address = engine_address(paths, os_name)
+    return npipe_url(address) if isinstance(address, str) else f"unix://{address}"
 
 
 def socket_exists(path: Path) -> bool:

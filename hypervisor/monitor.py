@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,29 @@ class Monitor:
         self._client.register_listener(self._listener)
         self.connected = False
 
-    async def connect(self, timeout: float = 10.0) -> None:
-        """QEMU creates the socket a moment after it starts: retry until `timeout`."""
+    async def connect(self, timeout: float = 10.0, gone: Callable[[], str | None] = lambda: None) -> None:
+        """QEMU creates the socket a moment after it starts: retry until `timeout`, or until
+        `gone()` names why QEMU exited (its own error beats "connection refused")."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last: BaseException | None = None
-        while loop.time() < deadline:
-            try:
-                await self._client.connect(str(self.socket_path))
-                self.connected = True
-                return
-            except (ConnectError, OSError) as exc:
-                last = exc
-                await asyncio.sleep(0.05)
+        protocol_log = logging.getLogger("qemu.qmp.protocol")
+        level = protocol_log.level
+        protocol_log.setLevel(logging.CRITICAL)  # qemu.qmp logs every refused attempt as an ERROR
+        try:
+            while loop.time() < deadline:
+                try:
+                    await self._client.connect(str(self.socket_path))
+                    self.connected = True
+                    return
+                except (ConnectError, OSError) as exc:
+                    last = exc
+                    reason = gone()
+                    if reason:
+                        raise MonitorError(reason) from exc
+                    await asyncio.sleep(0.05)
+        finally:
+            protocol_log.setLevel(level)
         raise MonitorError(f"cannot connect to QEMU's monitor at {self.socket_path}", last)
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:

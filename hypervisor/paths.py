@@ -30,6 +30,7 @@ APP_NAME = "pinnace"
 HOME_ENV = "PINNACE_HOME"
 INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PIPE_KINDS = ("docker", "control")
+PIPE_PREFIX = "\\\\.\\pipe\\"
 
 
 def unix_path_max(plat: str | None = None) -> int:
@@ -49,6 +50,24 @@ def validate_instance_name(name: str) -> str:
             "use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def pipe_name(instance: str, kind: str) -> str:
+    r"""The one source of Windows pipe names: the engine ("docker") at \\.\pipe\pinnace-<instance>,
+    the agent's control API at \\.\pipe\pinnace-<instance>-control."""
+    validate_instance_name(instance)
+    if kind == "docker":
+        return f"{PIPE_PREFIX}pinnace-{instance}"
+    if kind == "control":
+        return f"{PIPE_PREFIX}pinnace-{instance}-control"
+    raise ValueError(f"unknown pipe kind {kind!r}; expected one of {PIPE_KINDS}")
+
+
+def npipe_url(pipe: str) -> str:
+    r"""docker's form of a pipe name: \\.\pipe\x -> npipe:////./pipe/x (DOCKER_HOST, contexts)."""
+    if not pipe.startswith(PIPE_PREFIX):
+        raise ValueError(f"not a local pipe name: {pipe!r}")
+    return "npipe://" + pipe.replace("\\", "/")
 
 
 @dataclass(frozen=True)
@@ -234,12 +253,8 @@ class Paths:
         return len(os.fsencode(str(p))) < self.path_max  # sun_path also holds the trailing NUL
 
     def named_pipe(self, kind: str) -> str:
-        """Windows named pipe for the docker engine or the agent's control API."""
-        if kind == "docker":
-            return rf"\\.\pipe\pinnace-{self.instance}"
-        if kind == "control":
-            return rf"\\.\pipe\pinnace-{self.instance}-control"
-        raise ValueError(f"unknown pipe kind {kind!r}; expected one of {PIPE_KINDS}")
+        """Windows named pipe for the docker engine ("docker") or the agent's control API."""
+        return pipe_name(self.instance, kind)
 
     # --- creation ----------------------------------------------------------------------------
 

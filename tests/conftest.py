@@ -20,6 +20,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: 1 if item.get_closest_marker("vm") else 0)
 
 
+HOST_MARKERS = {"windows": "win32", "darwin": "darwin"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked for another host OS are skipped here, with the reason."""
+    for marker, platform in HOST_MARKERS.items():
+        if item.get_closest_marker(marker) and sys.platform != platform:
+            pytest.skip(f"needs a {marker} host")
+
+
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
     """The guest image, built on demand (the kernel build is cached under the user cache dir)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from app.tray.dashboard_model import ContainerRow, ImageRow, container_row, image_row
 from hypervisor.errors import PinnaceError
+from hypervisor.paths import PIPE_PREFIX, npipe_url
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,20 @@ def connect(docker_socket: str | Path, timeout: int = API_TIMEOUT) -> Any:
         import docker
     except ImportError as exc:
         raise EngineError("the docker Python SDK is not installed (pip install docker)", exc) from exc
-    path = str(docker_socket)
-    if not Path(path).exists():
-        raise EngineError(f"engine not running (no socket at {path})")
     try:
-        return docker.DockerClient(base_url="unix://" + path, timeout=timeout)
+        return docker.DockerClient(base_url=engine_url(str(docker_socket)), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - the SDK raises several unrelated types here
         raise EngineError("cannot connect to the engine", exc) from exc
+
+
+def engine_url(address: str) -> str:
+    """docker SDK base_url for the engine: npipe:// on Windows (probing a pipe would take a
+    connection from the forwarder), else unix:// once the socket exists."""
+    if address.startswith(PIPE_PREFIX):
+        return npipe_url(address)
+    if not Path(address).exists():
+        raise EngineError(f"engine not running (no socket at {address})")
+    return "unix://" + address
 
 
 def _wrap(what: str, exc: Exception) -> EngineError:

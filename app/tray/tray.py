@@ -24,6 +24,7 @@ from app.tray.quit_dialog import QuitDialog
 from app.tray.reset_dialog import ResetDialog
 from app.tray.settings_dialog import SettingsDialog
 from app.tray.status_text import context_command, docker_host, tooltip
+from hypervisor import launcher
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
 from hypervisor.errors import PinnaceError
@@ -102,7 +103,7 @@ class TrayApp(QObject):
     def docker_socket(self) -> str:
         if self.status is not None and self.status.docker_socket:
             return self.status.docker_socket
-        return str(self.paths.docker_socket)
+        return str(launcher.engine_address(self.paths))
 
     @property
     def host_facts(self) -> HostFacts:

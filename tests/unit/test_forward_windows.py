@@ -13,8 +13,9 @@ from hypervisor.forward_windows import NamedPipeForwarder, owner_only_sddl, pipe
 
 
 def test_pipe_path():
-    assert pipe_path("default") == r"\\.\pipe\pinnace-default-engine"
-    for bad in ["", "a\\b", "../x", "a b", "x" * 80]:
+    """The engine pipe is Paths.named_pipe("docker"): what DOCKER_HOST and the docker context name."""
+    assert pipe_path("default") == r"\\.\pipe\pinnace-default"
+    for bad in ["", "a\\b", "../x", "a b", "x" * 80, "Default"]:
         with pytest.raises(ForwardError):
             pipe_path(bad)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor.errors import SettingsError
-from hypervisor.paths import BaseDirs, Paths, unix_path_max
+from hypervisor.paths import BaseDirs, Paths, npipe_url, pipe_name, unix_path_max
 
 
 def fake_base(root: Path, runtime: bool = True) -> BaseDirs:
@@ -178,6 +178,11 @@ def test_named_pipes(tmp_path: Path) -> None:
     assert p.named_pipe("control") == r"\\.\pipe\pinnace-dev-control"
     with pytest.raises(ValueError):
         p.named_pipe("qmp")
+    assert npipe_url(p.named_pipe("docker")) == "npipe:////./pipe/pinnace-dev"
+    with pytest.raises(ValueError):
+        npipe_url(r"\\server\pipe\pinnace-dev")  # docker must never be pointed at a remote pipe
+    with pytest.raises(SettingsError):
+        pipe_name("dev-2\\..", "docker")
 
 
 def test_real_platformdirs_layout_mentions_app_and_instance() -> None:
