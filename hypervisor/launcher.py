@@ -22,17 +22,24 @@ from hypervisor.paths import Paths, npipe_url
 log = logging.getLogger(__name__)
 
 
+# windowed program -> its console twin in the same folder (a frozen build runs `-m hypervisor.agent`
+# through installers/macos/frozen_entry.py from either of its programs).
+CONSOLE_TWINS = {"pythonw.exe": "python.exe", "pinnace-tray.exe": "pinnace.exe"}
+
+
 def agent_python(executable: str, platform: str | None = None,
                  exists: Callable[[str], bool] = os.path.exists) -> str:
-    """The interpreter for the agent: on Windows python.exe even when we run under pythonw.exe (the
-    tray). A console python under CREATE_NO_WINDOW gets a hidden console that qemu-img, the accel
-    probes and PowerShell share; under pythonw each of them would open a console window."""
+    """The interpreter for the agent: on Windows the console program even when we run as a windowed
+    one (the tray: pythonw.exe, or the frozen pinnace-tray.exe). A console program under
+    CREATE_NO_WINDOW gets a hidden console that qemu-img, the accel probes and PowerShell share;
+    under a windowed one each of them would open a console window."""
     if not process.is_windows(platform):
         return executable
     folder, name = ntpath.split(executable)
-    if name.lower() != "pythonw.exe":
+    console_name = CONSOLE_TWINS.get(name.lower())
+    if console_name is None:
         return executable
-    console = ntpath.join(folder, "python.exe")
+    console = ntpath.join(folder, console_name)
     return console if exists(console) else executable
 
 

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   xvfb trayer imagemagick libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
   libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libegl1 libgl1 libfontconfig1
   libdbus-1-3                                      # the tray app (and its screenshot tests)
+  dpkg-dev debootstrap lintian                     # the .deb: build it, install it into a fresh root, lint it
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -34,3 +35,7 @@ PYTHON="${PYTHON:-python3}"
 
 # The guest image: kernel (cached by input hash under ~/.cache/pinnace), initrd, root image.
 .venv/bin/pinnace image build
+# The aarch64 image too, for its tests (CI sets this): the cross-built kernel takes ~12 min once.
+if [ "${PINNACE_WITH_AARCH64:-0}" = 1 ]; then
+  .venv/bin/pinnace image build --arch aarch64
+fi

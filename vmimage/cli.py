@@ -52,7 +52,7 @@ def format_info(m: manifest.Manifest, directory: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.image_command == "build":
-        out = args.out or locations.default_image_dir(args.arch)
+        out = args.out or locations.build_image_dir(args.arch)
         result = build_image(load_recipe(args.recipe), args.arch, out, locations.cache_dir())
         print(format_info(result.manifest, out))
         print(f"built in {result.seconds:.0f} s")

@@ -27,9 +27,33 @@ def image_root(env: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir(APP)) / "images"
 
 
-def default_image_dir(arch: str, env: Mapping[str, str] | None = None) -> Path:
-    """PINNACE_IMAGE_DIR (a built image to use as is) wins; otherwise <image root>/<arch>."""
+def build_image_dir(arch: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where `image build` writes: PINNACE_IMAGE_DIR, else <image root>/<arch> (never a bundle)."""
     env = os.environ if env is None else env
     if env.get("PINNACE_IMAGE_DIR"):
         return Path(env["PINNACE_IMAGE_DIR"])
     return image_root(env) / arch
+
+
+def bundled_image_roots(package_dir: Path | None = None) -> list[Path]:
+    """Images shipped beside the installed program, relative to the directory holding our packages:
+    the .deb's /usr/lib/pinnace/python -> /usr/lib/pinnace/images, a PyInstaller folder's _internal -> images,
+    a macOS bundle's Contents/Frameworks -> Contents/Resources/images."""
+    package_dir = package_dir or Path(__file__).resolve().parent.parent
+    return [package_dir.parent / "images", package_dir.parent / "Resources" / "images"]
+
+
+def default_image_dir(arch: str, env: Mapping[str, str] | None = None, package_dir: Path | None = None) -> Path:
+    """The image to boot: PINNACE_IMAGE_DIR wins; then one the user built; then one an installer
+    shipped (users of a package never build); else the build location, so errors name it."""
+    user_dir = build_image_dir(arch, env)
+    if (env if env is not None else os.environ).get("PINNACE_IMAGE_DIR") or _has_manifest(user_dir):
+        return user_dir
+    for root in bundled_image_roots(package_dir):
+        if _has_manifest(root / arch):
+            return root / arch
+    return user_dir
+
+
+def _has_manifest(directory: Path) -> bool:
+    return (directory / "manifest.json").is_file()

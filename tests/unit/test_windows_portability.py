@@ -92,6 +92,10 @@ def test_agent_python_prefers_the_console_interpreter() -> None:
     assert launcher.agent_python("C:\\Py\\pythonw.exe", "win32", lambda p: False) == "C:\\Py\\pythonw.exe"
     assert launcher.agent_python("C:\\Py\\python.exe", "win32", exists) == "C:\\Py\\python.exe"
     assert launcher.agent_python("/opt/pythonw.exe", "linux", exists) == "/opt/pythonw.exe"
+    # the frozen Windows build: the windowed tray starts the agent through its console twin
+    apps = "C:\\Users\\a b\\AppData\\Local\\Programs\\Pinnace\\"
+    assert launcher.agent_python(apps + "pinnace-tray.exe", "win32", exists) == apps + "pinnace.exe"
+    assert launcher.agent_python(apps + "pinnace.exe", "win32", exists) == apps + "pinnace.exe"
 
 
 def test_spawn_agent_uses_the_detach_flags(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
