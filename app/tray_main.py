@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from hypervisor.errors import PinnaceError
 from hypervisor.paths import Paths
@@ -26,6 +28,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="pop up the running tray's menu")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
+
+
+def quit_on_signals(app: Any) -> Any:
+    """Ctrl-C and SIGTERM quit the tray cleanly. Python only runs signal handlers between
+    bytecodes, so a timer wakes the interpreter out of Qt's C++ event loop now and then."""
+    from PySide6.QtCore import QTimer
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: app.quit())
+    timer = QTimer()
+    timer.timeout.connect(lambda: None)
+    timer.start(300)
+    return timer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.start_vm_with_app:
             log.info("start_vm_with_app is set: starting the VM")
             controller.start()
+    keep_alive = quit_on_signals(app)
     code = app.exec()
+    keep_alive.stop()
     single.close()
     tray.dispose()
     app.processEvents()

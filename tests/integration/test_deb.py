@@ -88,6 +88,7 @@ def test_installed_tray_loads_qt(installed: DebRoot) -> None:
                            timeout=60)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "showing the dashboard window instead" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 124, result.stderr[-3000:]  # ran until `timeout` sent SIGINT, then quit
     assert installed.host_path("/usr/share/applications/pinnace.desktop").read_text().count("Exec=pinnace-tray") == 1
 
 
