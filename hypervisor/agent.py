@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from hypervisor import accel, bootlog, disk, engine, mounts, process
+from hypervisor import accel, bootlog, disk, engine, mounts, process, virtiofsd
 from hypervisor.control import OPS, Status, decode, encode
 from hypervisor.errors import (
     ControlError,
@@ -100,6 +100,7 @@ class Agent:
         self.ops = asyncio.Lock()
         self.finished = asyncio.Event()
         self.boot_task: asyncio.Task[None] | None = None
+        self.virtiofsds: list[virtiofsd.Running] = []  # the daemons this agent started
         self.expect_exit = False
         self.guest_shutdown = False
         self.qemu_log = paths.log_dir / "qemu.log"
@@ -268,7 +269,7 @@ class Agent:
             rt = self.paths.runtime_dir
             write_private(rt / "authorized_keys", authorized_keys_line(keys.client_public) + "\n")
             write_private(rt / "hostname", f"pinnace-{self.paths.instance}\n")
-            shares = mounts.plan(settings.shares, self.os)
+            shares, daemon = await loop.run_in_executor(None, self._plan_shares, settings)
             write_private(rt / "shares", mounts.fw_cfg_text(shares))
             done = disk.ensure(qemu_img, self.paths.data_disk, settings.disk_gib)
             log.info("data disk %s: %s (%d GiB)", self.paths.data_disk, done, settings.disk_gib)
@@ -284,18 +285,25 @@ class Agent:
                         ("opt/pinnace/authorized_keys", rt / "authorized_keys"),
                         ("opt/pinnace/hostname", rt / "hostname"),
                         (mounts.FW_CFG_NAME, rt / "shares")),
-                serial_log=self.paths.serial_log, qmp_socket=self.paths.qmp_socket,
+                serial_log=self.paths.serial_log, qmp_socket=self.qmp_address(fresh=True),
                 pidfile=self.paths.qemu_pidfile, shares=tuple(shares),
+                share_socket_dir=self.paths.socket_dir,
             )
             self.status.cpus, self.status.memory_mib = settings.cpus, settings.memory_mib
             self.status.disk_gib, self.status.ssh_port = settings.disk_gib, port
             argv = build_argv(qemu.path, spec, verdict.accel, self.os)
             log.info("starting QEMU: %s", " ".join(argv))
             self.paths.qmp_socket.unlink(missing_ok=True)
+            if daemon is not None:
+                self.set_stage("starting virtiofsd")
+                self.virtiofsds = await loop.run_in_executor(
+                    None, lambda: virtiofsd.start(daemon, shares, self.paths.socket_dir, rt, self.paths.log_dir))
             self.set_stage("booting kernel")
             self.qemu_log_offset = bootlog.SerialTail.end_of(self.qemu_log)
             self.proc = process.spawn(argv, self.qemu_log)
             self.status.qemu_pid = self.proc.pid
+            if self.virtiofsds:
+                asyncio.create_task(self._watch_virtiofsds(self.virtiofsds))
             await self._attach(keys.host_public, keys.client_key, port, boot_log_offset=0)
         except asyncio.CancelledError:
             raise
@@ -306,6 +314,48 @@ class Agent:
             log.exception("boot failed")
             await self._fail(f"unexpected error: {exc}")
             raise MachineError("start failed", exc) from exc
+
+    def _plan_shares(self, settings: Settings) -> tuple[list[mounts.GuestShare], virtiofsd.Daemon | None]:
+        """The shares and their transport; the virtiofsd to start for them (None for 9p)."""
+        # leftovers of a QEMU that died with its agent
+        virtiofsd.stop(self.paths.runtime_dir, socket_dir=self.paths.socket_dir)
+        daemon, problem = None, None
+        if self.os == "linux" and settings.share_transport != "9p" and settings.shares:
+            daemon, problem = virtiofsd.locate()
+        transport, why = mounts.choose_transport(settings.share_transport, self.os, problem)
+        shares = mounts.plan(settings.shares, self.os, transport=transport)
+        log.info("shared folders over %s (%s)%s", transport, why,
+                 f", virtiofsd {daemon.path} ({daemon.flavour})" if transport == "virtiofs" and daemon else "")
+        return shares, daemon if mounts.needs_shared_memory(shares) else None
+
+    async def _watch_virtiofsds(self, started: list[virtiofsd.Running]) -> None:
+        """A daemon that exits while QEMU runs takes its share away from the guest: say so."""
+        reported: set[int] = set()
+        while started is self.virtiofsds and process.alive(self.status.qemu_pid):
+            for running in virtiofsd.dead(started):
+                if running.proc.pid not in reported and not self.expect_exit:
+                    reported.add(running.proc.pid)
+                    log.error("virtiofsd for %s exited (code %s) while the VM runs: the share is gone until "
+                              "a restart (see %s)", running.share.path, running.proc.returncode, running.log)
+            await asyncio.sleep(1.0)
+
+    def qmp_address(self, fresh: bool) -> Path | tuple[str, int]:
+        """The unix socket; on Windows a loopback port (spec.qmp_option), new for a fresh QEMU and
+        read back from its file when attaching or re-adopting."""
+        if self.os != "windows":
+            return self.paths.qmp_socket
+        if fresh:
+            port = free_loopback_port()
+            write_private(self.paths.qmp_port_file, str(port))
+            return ("127.0.0.1", port)
+        try:
+            return ("127.0.0.1", int(self.paths.qmp_port_file.read_text().strip()))
+        except (OSError, ValueError) as exc:
+            raise MachineError(f"no QMP port recorded in {self.paths.qmp_port_file}", exc) from exc
+
+    def _stop_virtiofsds(self) -> None:
+        started, self.virtiofsds = self.virtiofsds, []
+        virtiofsd.stop(self.paths.runtime_dir, started, socket_dir=self.paths.socket_dir)
 
     async def adopt(self, pid: int) -> None:
         """A QEMU of ours outlived its agent: take it over instead of booting a second VM."""
@@ -331,8 +381,8 @@ class Agent:
     async def _attach(self, host_public: str, client_key: Path, port: int, boot_log_offset: int,
                       adopted: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        self.monitor = Monitor(self.paths.qmp_socket, f"pinnace-{self.paths.instance}")
-        await self.monitor.connect(timeout=10.0)
+        self.monitor = Monitor(self.qmp_address(fresh=False), f"pinnace-{self.paths.instance}")
+        await self.monitor.connect(timeout=10.0, gone=self._gone_reason)
         asyncio.create_task(self._watch_events(self.monitor))
         asyncio.create_task(self._watch_process())
         # sshd starts well before the engine: connect while the guest boots, not after.
@@ -452,6 +502,12 @@ class Agent:
             self.boot_task.cancel()
         self.finished.set()
 
+    def _gone_reason(self) -> str | None:
+        """Why QEMU is gone, or None while it runs (an adopted QEMU is not our child: pid check)."""
+        if self.proc is not None:
+            return self._exit_reason() if self.proc.poll() is not None else None
+        return None if process.alive(self.status.qemu_pid) else self._exit_reason()
+
     def _exit_reason(self) -> str:
         code = self.proc.poll() if self.proc is not None else None
         if self.guest_shutdown:
@@ -513,6 +569,7 @@ class Agent:
         if self.proc is not None:
             self.proc.wait()
             self.proc = None
+        await loop.run_in_executor(None, self._stop_virtiofsds)
         await self._teardown_links()
         for stale in (self.paths.qemu_pidfile, self.paths.qmp_socket):
             stale.unlink(missing_ok=True)
@@ -527,6 +584,8 @@ class Agent:
         if process.alive(pid) and pid is not None:
             self.expect_exit = True
             await asyncio.get_running_loop().run_in_executor(None, process.terminate, pid)
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_virtiofsds)
         self.status.qemu_pid = None
         if self.lifecycle.state is not State.ERROR:
             with contextlib.suppress(StateError):

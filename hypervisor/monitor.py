@@ -19,7 +19,7 @@ LIFECYCLE_EVENTS = ("SHUTDOWN", "RESET", "STOP", "RESUME", "POWERDOWN")
 
 
 class Monitor:
-    def __init__(self, socket_path: Path, name: str = "pinnace") -> None:
+    def __init__(self, socket_path: Path | tuple[str, int], name: str = "pinnace") -> None:
         self.socket_path = socket_path
         self._client = QMPClient(name)
         self._listener = EventListener(LIFECYCLE_EVENTS)
@@ -38,7 +38,8 @@ class Monitor:
         try:
             while loop.time() < deadline:
                 try:
-                    await self._client.connect(str(self.socket_path))
+                    address = self.socket_path
+                    await self._client.connect(address if isinstance(address, tuple) else str(address))
                     self.connected = True
                     return
                 except (ConnectError, OSError) as exc:

@@ -208,6 +208,11 @@ class Paths:
         return self.runtime_dir / "ssh.port"
 
     @property
+    def qmp_port_file(self) -> Path:
+        """Windows only: QMP's loopback port, for an agent that re-adopts a running QEMU."""
+        return self.runtime_dir / "qmp.port"
+
+    @property
     def state_file(self) -> Path:
         return self.runtime_dir / "state.json"
 

@@ -21,6 +21,9 @@ from hypervisor.hostinfo import cpu_count, host_os, total_memory_mib
 log = logging.getLogger(__name__)
 
 ACCELS = ("auto", "kvm", "hvf", "whpx", "tcg")
+# How host folders reach the guest (hypervisor/mounts.py): "auto" takes the measured winner where
+# it is available; virtiofs needs a Linux host with virtiofsd.
+SHARE_TRANSPORTS = ("auto", "9p", "virtiofs")
 MIN_MEMORY_MIB = 512
 MIN_DISK_GIB = 4
 MAX_DISK_GIB = 2048
@@ -61,6 +64,7 @@ class Settings:
     start_at_login: bool = False
     start_vm_with_app: bool = False
     shares: list[Share] = field(default_factory=_default_shares)
+    share_transport: str = "auto"
 
     @classmethod
     def defaults(cls, host: HostFacts, home: str | None = None) -> Settings:
@@ -77,6 +81,7 @@ SCALAR_TYPES: dict[str, type] = {
     "expose_ports_on_all_interfaces": bool,
     "start_at_login": bool,
     "start_vm_with_app": bool,
+    "share_transport": str,
 }
 KEYS = (*SCALAR_TYPES, "shares")
 
@@ -103,6 +108,10 @@ def validate_static(settings: Settings, current_disk_gib: int | None = None) -> 
         )
     if settings.accel not in ACCELS:
         raise SettingsError(f"accel: {settings.accel!r} is not one of {', '.join(ACCELS)}")
+    if settings.share_transport not in SHARE_TRANSPORTS:
+        raise SettingsError(
+            f"share_transport: {settings.share_transport!r} is not one of {', '.join(SHARE_TRANSPORTS)}"
+        )
     for i, share in enumerate(settings.shares):
         if not _is_absolute(share.path):
             raise SettingsError(f"shares[{i}].path: {share.path!r} is not an absolute path")
@@ -120,6 +129,9 @@ def validate(settings: Settings, host: HostFacts, current_disk_gib: int | None =
             f"memory_mib: {settings.memory_mib} is more than the host's {host.memory_mib} MiB"
         )
     validate_static(settings, current_disk_gib)
+    if settings.share_transport == "virtiofs" and host.os != "linux":
+        raise SettingsError(f"share_transport: virtiofs needs a Linux host (virtiofsd), not {host.os}; "
+                            f"use auto or 9p")
 
 
 # --- parsing ---------------------------------------------------------------------------------

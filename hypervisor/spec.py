@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypervisor.errors import AcceleratorError
-from hypervisor.mounts import GuestShare, share_argv
+from hypervisor.mounts import MEMORY_BACKEND_ID, GuestShare, needs_shared_memory, share_argv
 
 PROBE_MARKER = "PINNACE-PROBE-OK"
 
@@ -56,10 +56,11 @@ class MachineSpec:
     ssh_host_port: int
     fw_cfg: tuple[tuple[str, Path], ...]
     serial_log: Path
-    qmp_socket: Path
+    qmp_socket: Path | tuple[str, int]  # a unix socket; (host, port) on Windows (see qmp_option)
     pidfile: Path
     host_forwards: tuple[str, ...] = ()
-    shares: tuple[GuestShare, ...] = ()  # host folders, virtio-9p (hypervisor/mounts.py)
+    shares: tuple[GuestShare, ...] = ()  # host folders, virtio-9p or virtiofs (hypervisor/mounts.py)
+    share_socket_dir: Path | None = None  # where the virtiofsd sockets of virtiofs shares are
 
 
 def qemu_escape(value: str | Path) -> str:
@@ -93,10 +94,22 @@ def console_arg(arch: str) -> str:
     return f"console={CONSOLE[arch]}"
 
 
+def memory_argv(memory_mib: int) -> list[str]:
+    """Guest RAM as a shared memfd, which vhost-user devices (virtiofs) need: virtiofsd maps the
+    guest's memory to reach the request buffers. Linux hosts only (memfd)."""
+    return ["-object", f"memory-backend-memfd,id={MEMORY_BACKEND_ID},size={memory_mib}M,share=on"]
+
+
 def _base_argv(
-    qemu: Path, name: str, arch: str, accel: str, host_os: str, cpus: int, memory_mib: int
+    qemu: Path, name: str, arch: str, accel: str, host_os: str, cpus: int, memory_mib: int,
+    shared_memory: bool = False,
 ) -> list[str]:
     check_accel(arch, accel, host_os)
+    machine = machine_option(arch, accel)
+    if shared_memory:
+        if host_os != "linux":
+            raise AcceleratorError(f"shared guest memory (memfd, for virtiofs) needs a Linux host, not {host_os}")
+        machine += f",memory-backend={MEMORY_BACKEND_ID}"
     return [
         str(qemu),
         "-name", f"pinnace-{name},process=pinnace-{name}",
@@ -105,11 +118,12 @@ def _base_argv(
         "-display", "none",
         # A guest reboot or panic ends QEMU, so the agent notices instead of a silent reboot loop.
         "-no-reboot",
-        "-machine", machine_option(arch, accel),
+        "-machine", machine,
         "-accel", ACCEL_OPTION[accel],
         "-cpu", CPU_MODEL[accel],
         "-smp", str(cpus),
         "-m", str(memory_mib),
+        *(memory_argv(memory_mib) if shared_memory else []),
     ]  # fmt: skip
 
 
@@ -119,9 +133,22 @@ def netdev_option(spec: MachineSpec) -> str:
     return "user,id=net0," + ",".join(f"hostfwd={qemu_escape(rule)}" for rule in rules)
 
 
+def qmp_option(address: Path | tuple[str, int]) -> str:
+    """QMP on a unix socket (0700 dir); on Windows on loopback TCP, since Python's asyncio has no
+    AF_UNIX there. QEMU serves one monitor client at a time and the agent stays connected, so the
+    port is not open to other local users while the agent runs."""
+    if isinstance(address, tuple):
+        host, port = address
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"QMP must listen on loopback only, not {host}")
+        return f"tcp:{host}:{port},server=on,wait=off"
+    return f"unix:{qemu_escape(address)},server=on,wait=off"
+
+
 def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[str]:
     """The full QEMU argv for the instance VM."""
-    argv = _base_argv(qemu, spec.name, spec.arch, accel, host_os, spec.cpus, spec.memory_mib)
+    argv = _base_argv(qemu, spec.name, spec.arch, accel, host_os, spec.cpus, spec.memory_mib,
+                      shared_memory=needs_shared_memory(spec.shares))
     argv += [
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
@@ -137,13 +164,13 @@ def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[
         "-device", "virtio-rng-pci",
         "-device", "virtio-balloon-pci,free-page-reporting=on",
     ]  # fmt: skip
-    argv += share_argv(spec.shares)
+    argv += share_argv(spec.shares, spec.share_socket_dir)
     for fw_name, fw_file in spec.fw_cfg:
         argv += ["-fw_cfg", f"name={qemu_escape(fw_name)},file={qemu_escape(fw_file)}"]
     argv += [
         "-chardev", f"file,id=serial0,path={qemu_escape(spec.serial_log)}",
         "-serial", "chardev:serial0",
-        "-qmp", f"unix:{qemu_escape(spec.qmp_socket)},server=on,wait=off",
+        "-qmp", qmp_option(spec.qmp_socket),
         "-pidfile", str(spec.pidfile),
     ]  # fmt: skip
     return argv

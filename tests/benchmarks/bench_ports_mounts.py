@@ -1,14 +1,22 @@
-"""Published ports and shared folders, measured on a running instance.
+"""Published ports and shared folders, measured.
 
     PINNACE_HOME=... python tests/benchmarks/bench_ports_mounts.py --name default [--no-floor]
-        [--mb 256] [--requests 500] [--files 5000] [--cache-modes mmap,none,loose]
+        [--mb 256] [--requests 500] [--files 5000] [--rounds 3]
+        [--variants 9p:mmap,virtiofs:none,virtiofs:auto] [--no-ports] [--no-mounts] [--no-rss]
 
-Ports: a 256 MB HTTP download and 500 small requests (new connection each) through a published
-port (`-p P:80`, forwarded by the agent with hostfwd_add), against the floor: a bare QEMU booted
-by this script with the forward on its command line and busybox httpd in the guest itself.
-Mounts: sequential write/read of a 256 MB file and 5,000 x 1 KB create/stat/read/delete, in a
-container over the share (per 9p cache mode, remounted through SSH) vs the same static binary on the
-host (and in the container's own overlay on the VM disk, for reference). Prints ratios.
+Ports (on the running instance --name): a 256 MB HTTP download and 500 small requests (new
+connection each) through a published port (`-p P:80`, forwarded by the agent with hostfwd_add),
+against the floor: a bare QEMU booted by this script with the forward on its command line and
+busybox httpd in the guest itself.
+
+Mounts (in a VM this script boots, with the production argv, guest boot script and virtiofsd
+launcher): one share per variant (transport:cache) of a folder under $HOME, all in the same VM, so
+every transport sees the same guest, host and moment. Each round runs the same static binary on
+the host (native, the baseline) and in a container over each share, in rotating order (rounds are
+interleaved so that host noise hits every variant alike): sequential write/read of a 256 MB file
+(the guest's page cache dropped before the read) and 5,000 x 1 KB create/stat/read/delete.
+Medians over the rounds, ratios to native. Memory: QEMU's RSS (and virtiofsd's PSS) after boot, for
+a VM with the guest RAM in a shared memfd (virtiofs) and for one without (9p only).
 """
 
 from __future__ import annotations
@@ -25,12 +33,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from hypervisor import mounts, virtiofsd  # noqa: E402
+from hypervisor.forward import UnixSocketForwarder  # noqa: E402
 from hypervisor.keys import authorized_keys_line, ensure_instance_keys  # noqa: E402
+from hypervisor.mounts import GuestShare  # noqa: E402
 from hypervisor.paths import Paths  # noqa: E402
 from hypervisor.spec import MachineSpec, build_argv  # noqa: E402
 from hypervisor.ssh import GuestSSH, SSHTarget  # noqa: E402
@@ -217,37 +229,221 @@ def container_fs(env: dict[str, str], image: str, tools: Path, bind: Path | None
     return parse_ms(docker(env, *args, image, "/tools/fsbench", target, str(mb), str(files)))
 
 
-def remount(ssh: GuestSSH, tag: str, path: str, cache: str) -> None:
+def remount_9p(ssh: GuestSSH, tag: str, path: str, cache: str) -> None:
     res = ssh.run(f"cd / && umount -l '{path}' && mount -t 9p -o {MOUNT_OPTS},cache={cache} {tag} '{path}'",
                   timeout=60)
     if res.exit_status != 0:
         raise RuntimeError(f"remount {path} cache={cache}: {bytes(res.stderr).decode(errors='replace')}")
 
 
-def share_of(ssh: GuestSSH, directory: Path) -> tuple[str, str, str]:
-    """(tag, mount point, cache option) of the 9p mount covering `directory` in the guest."""
-    best = ("", "", "")
-    for line in bytes(ssh.run("cat /proc/mounts").stdout).decode(errors="replace").splitlines():
-        src, mnt, fstype, opts, *_ = line.split()
-        mnt = mnt.replace("\\040", " ")
-        if fstype == "9p" and (str(directory) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) > len(best[1]):
-            cache = next((o.split("=", 1)[1] for o in opts.split(",") if o.startswith("cache=")), "none")
-            best = (src, mnt, cache)
-    if not best[0]:
-        raise RuntimeError(f"{directory} is not under a 9p share in the guest")
-    return best
-
-
 def row(name: str, vals: dict[str, float], base: dict[str, float], mb: int) -> str:
     def rate(k: str) -> str:
         return f"{mb / (vals[k] / 1000):8.1f} MB/s" if vals[k] else "     inf"
-    cells = [f"{name:<22}", rate("write"), rate("read")]
-    cells += [f"{vals[k]:7.0f} ms" for k in ("create", "stat", "readsmall", "delete")]
-    ratio = sum(vals[k] for k in ("create", "stat", "readsmall", "delete")) / max(
-        1.0, sum(base[k] for k in ("create", "stat", "readsmall", "delete")))
+    cells = [f"{name:<24}", rate("write"), rate("read")]
+    cells += [f"{vals[k]:7.0f} ms" for k in SMALL]
+    ratio = sum(vals[k] for k in SMALL) / max(1.0, sum(base[k] for k in SMALL))
     write, read = vals["write"] / max(base["write"], 1), vals["read"] / max(base["read"], 1)
     cells.append(f"x{ratio:6.1f}  (time: write x{write:.1f}, read x{read:.1f})")
     return "  ".join(cells)
+
+
+SMALL = ("create", "stat", "readsmall", "delete")
+
+
+@dataclass(frozen=True)
+class Variant:
+    transport: str  # 9p | virtiofs
+    cache: str  # 9p: the mount's cache=; virtiofs: virtiofsd's --cache / -o cache=
+
+    @property
+    def label(self) -> str:
+        return f"{self.transport} cache={self.cache}"
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.transport}-{self.cache}"
+
+
+def parse_variants(text: str) -> list[Variant]:
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        transport, _, cache = part.partition(":")
+        if transport not in mounts.TRANSPORTS:
+            raise SystemExit(f"--variants: unknown transport {transport!r}")
+        out.append(Variant(transport, cache or ("mmap" if transport == "9p" else virtiofsd.CACHE)))
+    return out
+
+
+def memory_of(pid: int) -> dict[str, int]:
+    """KiB: VmRSS, RssAnon, RssShmem (QEMU's guest RAM is there with a shared memfd), Pss."""
+    out: dict[str, int] = {}
+    for name in ("status", "smaps_rollup"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssShmem", "RssFile", "Pss") and rest.split():
+                    out[key] = int(rest.split()[0])
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the C virtiofsd forks into its pid namespace)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in children.read_text().split()]
+    return found
+
+
+@dataclass
+class BenchVM:
+    env: dict[str, str]
+    ssh: GuestSSH
+    qemu_pid: int
+    daemon_pids: list[int]
+
+
+@contextlib.contextmanager
+def share_vm(accel: str, shares: list[tuple[GuestShare, str]], memory_mib: int = 2048) -> Iterator[BenchVM]:
+    """A VM like an instance's (production argv, boot script, virtiofsd launcher), sharing
+    `shares` ((share, virtiofsd cache) pairs); its engine socket forwarded for the docker CLI."""
+    from hypervisor.agent import locate_image
+
+    work = Path(tempfile.mkdtemp(prefix="pinnace-fsbench-"))  # short: the sockets live here
+    proc, started, ssh, fwd = None, [], None, None
+    try:
+        image_dir, image = locate_image("x86_64")
+        keys = ensure_instance_keys(work / "keys", "fsbench")
+        (work / "authorized_keys").write_text(authorized_keys_line(keys.client_public) + "\n")
+        (work / "hostname").write_text("fsbench\n")
+        guest = [share for share, _ in shares]
+        mounts.write_fw_cfg(work / "shares", guest)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "data.qcow2"), "16G"], check=True)
+        if mounts.needs_shared_memory(guest):
+            daemon, why = virtiofsd.locate()
+            if daemon is None:
+                raise RuntimeError(f"virtiofs: {why}")
+            for cache in sorted({c for s, c in shares if s.transport == "virtiofs"}):
+                group = [s for s, c in shares if s.transport == "virtiofs" and c == cache]
+                started += virtiofsd.start(daemon, group, work, work, work, cache=cache)
+        ssh_port = free_port()
+        spec = MachineSpec(
+            name="fsbench", arch="x86_64", cpus=2, memory_mib=memory_mib, kernel=image.path_of(image_dir, "kernel"),
+            initrd=image.path_of(image_dir, "initrd"), rootfs=image.path_of(image_dir, "rootfs"),
+            cmdline=image.cmdline, data_disk=work / "data.qcow2", ssh_host_port=ssh_port,
+            fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
+                    ("opt/pinnace/authorized_keys", work / "authorized_keys"),
+                    ("opt/pinnace/hostname", work / "hostname"), ("opt/pinnace/shares", work / "shares")),
+            serial_log=work / "serial.log", qmp_socket=work / "qmp.sock", pidfile=work / "qemu.pid",
+            shares=tuple(guest), share_socket_dir=work)
+        qemu = Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
+        with open(work / "qemu.log", "wb") as qlog:
+            proc = subprocess.Popen(build_argv(qemu, spec, accel, "linux"), stdout=qlog, stderr=qlog)
+        ssh = GuestSSH(SSHTarget("127.0.0.1", ssh_port, "root", keys.client_key, keys.host_public, "fsbench"))
+        ssh.wait_until_reachable(time.monotonic() + 300)
+        fwd = UnixSocketForwarder(work / "docker.sock", lambda: ssh.open_unix_channel(timeout=10.0), "bench")
+        fwd.start()
+        env = {**os.environ, "DOCKER_HOST": f"unix://{work / 'docker.sock'}"}
+        env.pop("DOCKER_CONTEXT", None)
+        deadline = time.monotonic() + 300
+        while subprocess.run(["docker", "version"], env=env, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the bench VM's engine never answered (see {work}/serial.log)")
+            time.sleep(0.5)
+        failed = [ln for ln in (work / "serial.log").read_text(errors="replace").splitlines()
+                  if "cannot mount the share" in ln]
+        if failed:
+            raise RuntimeError(f"guest: {failed}")
+        yield BenchVM(env, ssh, proc.pid, [r.proc.pid for r in started])
+    finally:
+        if fwd is not None:
+            fwd.stop()
+        if ssh is not None:
+            ssh.close()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        virtiofsd.stop(work, started, grace=1.0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def rss_after_boot(accel: str, shares: list[tuple[GuestShare, str]], settle: float) -> dict[str, int]:
+    with share_vm(accel, shares) as vm:
+        time.sleep(settle)
+        qemu = memory_of(vm.qemu_pid)
+        daemons = sum(memory_of(p).get("Pss", 0) for d in vm.daemon_pids for p in tree(d))
+    return {**qemu, "virtiofsd_pss": daemons}
+
+
+def show_rss(label: str, m: dict[str, int]) -> str:
+    mib = {k: v / 1024 for k, v in m.items()}
+    return (f"  {label:<34} QEMU VmRSS {mib.get('VmRSS', 0):6.0f} MiB (anon {mib.get('RssAnon', 0):4.0f}, "
+            f"shmem {mib.get('RssShmem', 0):4.0f}, file {mib.get('RssFile', 0):3.0f}; PSS {mib.get('Pss', 0):4.0f})"
+            f"   virtiofsd PSS {mib.get('virtiofsd_pss', 0):5.1f} MiB")
+
+
+def bench_mounts(args: argparse.Namespace, accel: str) -> None:
+    variants = parse_variants(args.variants)
+    bench_dir = Path.home() / f"pinnace-bench-{uuid.uuid4().hex[:6]}"
+    bench_dir.mkdir()
+    try:
+        if not args.no_rss:
+            print(f"\nmemory after boot ({args.settle:.0f} s after the engine answered; 2 GiB guest):")
+            (bench_dir / "p").mkdir()
+            (bench_dir / "v").mkdir()
+            plain = rss_after_boot(accel, [(GuestShare("pinnace0", str(bench_dir / "p")), "")], args.settle)
+            print(show_rss("9p only (private guest RAM)", plain))
+            shared = rss_after_boot(accel, [(GuestShare("pinnace0", str(bench_dir / "p")), ""),
+                                            (GuestShare("pinnace1", str(bench_dir / "v"), False, "virtiofs"),
+                                             virtiofsd.CACHE)], args.settle)
+            print(show_rss("9p + virtiofs (shared memfd RAM)", shared))
+        shares = []
+        for i, v in enumerate(variants):
+            (bench_dir / v.dirname).mkdir()
+            shares.append((GuestShare(f"{mounts.TAG_PREFIX}{i}", str(bench_dir / v.dirname), False, v.transport),
+                           v.cache if v.transport == "virtiofs" else ""))
+        tools = bench_dir / variants[0].dirname / "tools"
+        tools.mkdir()
+        binary = build_fsbench(tools)
+        with share_vm(accel, shares) as vm:
+            for (share, _), v in zip(shares, variants, strict=True):
+                if v.transport == "9p" and v.cache != "mmap":
+                    remount_9p(vm.ssh, share.tag, share.path, v.cache)
+            image = busybox_image(sdk_client(vm.env))
+            results: dict[str, list[dict[str, float]]] = {"host": [], "vm disk": []}
+            results.update({v.label: [] for v in variants})
+            print(f"\nmounts: {args.mb} MB sequential, {args.files} x 1 KB files, {args.rounds} interleaved rounds")
+            results["vm disk"].append(container_fs(vm.env, image, tools, None, args.mb, args.files))
+            for r in range(args.rounds):
+                order = variants[r % len(variants):] + variants[:r % len(variants)]
+                results["host"].append(host_fs(binary, bench_dir / "host", args.mb, args.files))
+                host = results["host"][-1]
+                print(f"  round {r + 1}: {'host':<20} " + " ".join(f"{k} {host[k]:.0f}" for k in host), flush=True)
+                for v in order:
+                    vals = container_fs(vm.env, image, tools, bench_dir / v.dirname, args.mb, args.files)
+                    results[v.label].append(vals)
+                    print(f"  round {r + 1}: {v.label:<20} " + " ".join(f"{k} {vals[k]:.0f}" for k in vals),
+                          flush=True)
+            med = {name: {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+                   for name, runs in results.items() if runs}
+            print(f"\n  medians ({args.rounds} rounds; the VM disk once)")
+            print(f"  {'where':<24}  {'write':>13}  {'read':>13}  {'create':>10}  {'stat':>10}  {'read':>10}"
+                  f"  {'delete':>10}  small-file ratio vs host")
+            print("  " + row("host (same binary)", med["host"], med["host"], args.mb))
+            print("  " + row("container, VM disk", med["vm disk"], med["host"], args.mb))
+            for v in variants:
+                print("  " + row(f"container, {v.label}", med[v.label], med["host"], args.mb))
+    finally:
+        shutil.rmtree(bench_dir, ignore_errors=True)
+
+
+def sdk_client(env: dict[str, str]):  # noqa: ANN201 - docker.DockerClient
+    import docker as sdk
+
+    return sdk.DockerClient(base_url=env["DOCKER_HOST"], timeout=600)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,25 +455,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-floor", action="store_true", help="skip booting the floor VM")
     p.add_argument("--no-ports", action="store_true")
     p.add_argument("--no-mounts", action="store_true")
-    p.add_argument("--cache-modes", default="mmap,none,loose")
+    p.add_argument("--no-rss", action="store_true", help="skip the two boots that measure memory")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--settle", type=float, default=20.0, help="seconds after boot before reading RSS")
+    p.add_argument("--variants", default=f"9p:mmap,virtiofs:{virtiofsd.CACHE}",
+                   help="transport:cache, comma-separated (9p: mmap|none|loose; virtiofs: none|auto|always)")
+    p.add_argument("--accel", default="", help="for the VMs this script boots (default: the instance's, or tcg)")
     args = p.parse_args(argv)
     import logging
 
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the floor VM's sshd is not up at once
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the VMs' sshd is not up at once
+    logging.getLogger("hypervisor.forward").setLevel(logging.CRITICAL)  # nor their engine
 
     paths = Paths.for_instance(args.name)
-    env = {**os.environ, "DOCKER_HOST": f"unix://{paths.docker_socket}"}
-    env.pop("DOCKER_CONTEXT", None)
-    import docker as sdk
-
-    image = busybox_image(sdk.DockerClient(base_url=env["DOCKER_HOST"], timeout=600))
-    import json
-
-    status = json.loads(subprocess.run([sys.executable, "-m", "app.cli", "--name", args.name, "status", "--json"],
-                                       capture_output=True, text=True, cwd=ROOT, check=True).stdout)
-    print(f"instance {args.name}: accel {status['accel']}, {status['cpus']} CPUs")
-
+    accel = args.accel
     if not args.no_ports:
+        env = {**os.environ, "DOCKER_HOST": f"unix://{paths.docker_socket}"}
+        env.pop("DOCKER_CONTEXT", None)
+        image = busybox_image(sdk_client(env))
+        import json
+
+        status = json.loads(subprocess.run([sys.executable, "-m", "app.cli", "--name", args.name, "status", "--json"],
+                                           capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+        print(f"instance {args.name}: accel {status['accel']}, {status['cpus']} CPUs")
+        accel = accel or status["accel"]
         port = free_port()
         name = f"bench-{uuid.uuid4().hex[:6]}"
         www = "/www"
@@ -291,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  published port (hostfwd_add) {ours['mb_s']:8.1f} MB/s   median {ours['median_ms']:.2f} ms"
               f"   p99 {ours['p99_ms']:.2f} ms")
         if not args.no_floor:
-            with floor_vm(status["accel"], args.mb) as fport:
+            with floor_vm(accel, args.mb) as fport:
                 floor = measure_port(fport, args.mb, args.requests)
             print(f"  floor (hostfwd at launch)     {floor['mb_s']:8.1f} MB/s   median {floor['median_ms']:.2f} ms"
                   f"   p99 {floor['p99_ms']:.2f} ms")
@@ -299,33 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"median latency x{ours['median_ms'] / floor['median_ms']:.2f}")
 
     if not args.no_mounts:
-        from hypervisor.keys import ensure_instance_keys as keys_of
-
-        keys = keys_of(paths.keys_dir, paths.instance)
-        ssh = GuestSSH(SSHTarget("127.0.0.1", int(paths.ssh_port_file.read_text()), "root", keys.client_key,
-                                 keys.host_public, paths.instance))
-        bench_dir = Path.home() / f"pinnace-bench-{uuid.uuid4().hex[:6]}"
-        bench_dir.mkdir()
-        try:
-            tag, mnt, original = share_of(ssh, bench_dir)
-            tools = bench_dir / "tools"
-            tools.mkdir()
-            binary = build_fsbench(tools)
-            base = host_fs(binary, bench_dir / "host", args.mb, args.files)
-            print(f"\nmounts: {args.mb} MB sequential, {args.files} x 1 KB files (share {mnt}, tag {tag})")
-            print(f"  {'where':<22}  {'write':>13}  {'read':>13}  {'create':>10}  {'stat':>10}  {'read':>10}"
-                  f"  {'delete':>10}  small-file ratio vs host")
-            print("  " + row("host (same binary)", base, base, args.mb))
-            local = container_fs(env, image, tools, None, args.mb, args.files)
-            print("  " + row("container, VM disk", local, base, args.mb))
-            for cache in [c for c in args.cache_modes.split(",") if c]:
-                remount(ssh, tag, mnt, cache)
-                vals = container_fs(env, image, tools, bench_dir, args.mb, args.files)
-                print("  " + row(f"container, 9p {cache}", vals, base, args.mb))
-            remount(ssh, tag, mnt, original)
-        finally:
-            shutil.rmtree(bench_dir, ignore_errors=True)
-            ssh.close()
+        bench_mounts(args, accel or "tcg")
     return 0
 
 

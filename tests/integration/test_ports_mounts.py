@@ -3,7 +3,9 @@
 Ports: HTTP on -p P:80, -p 127.0.0.1:P:80 and -p 80 (engine-assigned), UDP echo, stop -> closed,
 agent killed -> re-adopted forwards, a host port already taken -> reported in `status --json`.
 Mounts: host -> container and back (ownership and mode), a path with spaces, a comma and
-non-ASCII, the hint for a bind outside every share, and a read-only share (fresh instance).
+non-ASCII, the hint for a bind outside every share, and a read-only share; on the shared instance
+(share_transport auto) and on one fresh instance per transport (9p, virtiofs), each sharing a
+read-write and a read-only folder, whose container sees the transport it asked for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from hypervisor import mounts, virtiofsd
+from tests.conftest import Instance, make_instance
 
 pytestmark = [pytest.mark.vm]
 
@@ -213,26 +218,75 @@ def test_agent_restart_readopts_forwards(vm_instance, busybox: str) -> None:  # 
 
 # --- bind mounts ------------------------------------------------------------------------------
 
-@pytest.mark.timeout(600)
-def test_bind_mount_both_ways_with_odd_path(vm_instance, busybox: str, host_dir: Path) -> None:  # noqa: ANN001
-    vm = vm_instance
-    odd = host_dir / "dir with spaces, comma é漢"
+def fstype_of(vm: Instance, image: str, source: Path, target: str = "/src") -> str:
+    """The filesystem a container sees at a bind of `source`: the share's transport."""
+    line = vm.docker("run", "--rm", "-v", f"{source}:{target}", image, "sh", "-c",
+                     f"grep ' {target} ' /proc/self/mounts").stdout.split()
+    return line[2]
+
+
+def expected_auto() -> str:
+    """What share_transport = auto must pick on this (Linux) host."""
+    daemon, _why = virtiofsd.locate()
+    return mounts.AUTO_LINUX if daemon is not None else "9p"
+
+
+# How long a name or attribute the host changed may stay stale in the guest: 9p (cache=mmap) asks
+# the host every time; virtiofsd (cache=auto) lets the guest keep them for 1 s.
+STALE_S = {"9p": 0.0, "virtiofs": 1.0}
+
+
+def seen_within(what: str, check: Callable[[], bool], stale_s: float) -> None:
+    if stale_s == 0:
+        assert check(), what
+    else:
+        wait_for(what, check, timeout=stale_s + 5, every=0.2)
+
+
+def check_both_ways(vm: Instance, image: str, share_root: Path, transport: str) -> None:
+    """Host -> container and back through a bind under `share_root`, at an awkward path."""
+    odd = share_root / "dir with spaces, comma é漢"
     odd.mkdir()
     (odd / "from-host.txt").write_text("written on the host\n")
     script = ("cat /src/from-host.txt && echo written-in-container > /src/from-ct.txt && "
               "mkdir /src/sub && chmod 640 /src/from-ct.txt && stat -c '%a %u' /src/from-host.txt")
-    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", busybox, "sh", "-c", script).stdout
+    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", image, "sh", "-c", script).stdout
     lines = out.splitlines()
     assert lines[0] == "written on the host"
     assert lines[1] == f"{(odd / 'from-host.txt').stat().st_mode & 0o777:o} {os.getuid()}"
     made = odd / "from-ct.txt"
     assert made.read_text() == "written-in-container\n"
     assert made.stat().st_uid == os.getuid() and made.stat().st_mode & 0o777 == 0o640
-    assert (odd / "sub").is_dir()
+    assert (odd / "sub").is_dir() and (odd / "sub").stat().st_uid == os.getuid()
     # A change on the host is visible at once in a new container (no stale metadata cache).
     made.write_text("changed on the host\n")
-    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", busybox, "cat", "/src/from-ct.txt").stdout
+    out = vm.docker("run", "--rm", "-v", f"{odd}:/src", image, "cat", "/src/from-ct.txt").stdout
     assert out == "changed on the host\n"
+    # ... and within one running container: a file the host creates, grows, then deletes.
+    name = f"watch-{uuid.uuid4().hex[:6]}"
+    vm.docker("run", "-d", "--name", name, "-v", f"{odd}:/src", image, "sleep", "600")
+    try:
+        late = odd / "late.txt"
+        late.write_text("late\n")
+        assert vm.docker("exec", name, "cat", "/src/late.txt").stdout == "late\n"
+        with late.open("a") as f:
+            f.write("more\n")
+        # file data is re-read at every open, whatever the transport caches
+        assert vm.docker("exec", name, "cat", "/src/late.txt").stdout == "late\nmore\n"
+        late.unlink()
+        seen_within("the deletion seen in the container",
+                    lambda: vm.docker("exec", name, "ls", "/src/late.txt", check=False).returncode != 0,
+                    STALE_S[transport])
+    finally:
+        vm.docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.timeout(600)
+def test_bind_mount_both_ways_with_odd_path(vm_instance, busybox: str, host_dir: Path) -> None:  # noqa: ANN001
+    # The shared instance runs with the default settings: $HOME over share_transport = auto.
+    transport = expected_auto()
+    assert fstype_of(vm_instance, busybox, host_dir) == transport
+    check_both_ways(vm_instance, busybox, host_dir, transport)
 
 
 @pytest.mark.timeout(300)
@@ -246,28 +300,138 @@ def test_bind_outside_shares_logs_a_hint(vm_instance, busybox: str) -> None:  # 
              log.read_text(), 30)
 
 
-@pytest.mark.timeout(1200)
-def test_read_only_share_refuses_writes(fresh_instance, host_dir: Path) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module", params=mounts.TRANSPORTS)
+def share_vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             image_dir: Path) -> Iterator[tuple[Instance, str, Path, Path]]:
+    """A fresh instance per transport sharing only a read-write and a read-only folder under $HOME."""
+    transport = request.param
+    if transport == "virtiofs" and virtiofsd.locate()[0] is None:
+        pytest.skip(f"virtiofs: {virtiofsd.locate()[1]}")
+    rw = HOME / f"pinnace-test-rw-{transport}-{uuid.uuid4().hex[:6]}"
+    ro = HOME / f"pinnace-test-ro-{transport}-{uuid.uuid4().hex[:6]}"
+    rw.mkdir()
+    ro.mkdir()
+    vm = make_instance(tmp_path_factory.mktemp(f"shares-{transport}"), image_dir, name="shares")
+    try:
+        for key, value in (("share_transport", transport), ("shares", f"{rw},{ro}:ro")):
+            done = vm.pinnace("config", "set", key, value)
+            assert done.returncode == 0, done.stderr
+        started = vm.pinnace("start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield vm, transport, rw, ro
+    finally:
+        vm.pinnace("stop", timeout=120)
+        shutil.rmtree(rw, ignore_errors=True)
+        shutil.rmtree(ro, ignore_errors=True)
+
+
+@pytest.mark.timeout(900)
+def test_share_transport_both_ways(share_vm) -> None:  # noqa: ANN001
     from tests.imagekit import busybox_image
 
-    vm = fresh_instance
-    (host_dir / "data.txt").write_text("read me\n")
-    set_ = vm.pinnace("config", "set", "shares", f"{host_dir}:ro")
-    assert set_.returncode == 0, set_.stderr
-    started = vm.pinnace("start")
-    assert started.returncode == 0, started.stderr
+    vm, transport, rw, ro = share_vm
     image = busybox_image(vm.client())
-    out = vm.docker("run", "--rm", "-v", f"{host_dir}:/ro", image, "cat", "/ro/data.txt").stdout
+    assert fstype_of(vm, image, rw) == transport
+    assert fstype_of(vm, image, ro) == transport
+    check_both_ways(vm, image, rw, transport)
+
+
+MMAP_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ftruncate(fd, 4096)) { perror("open"); return 1; }
+    char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) { perror("mmap MAP_SHARED"); return 2; }
+    strcpy(p, "through a shared mapping");
+    if (msync(p, 4096, MS_SYNC)) { perror("msync"); return 3; }
+    return munmap(p, 4096) || close(fd);
+}
+"""
+
+
+@pytest.mark.timeout(600)
+def test_share_transport_shared_writable_mmap(share_vm) -> None:  # noqa: ANN001
+    """What sqlite's WAL, LMDB and friends need; virtiofs' cache=none would refuse it (ENODEV)."""
+    from tests.imagekit import busybox_image
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the mmap probe")
+    vm, _transport, rw, _ro = share_vm
+    image = busybox_image(vm.client())
+    work = rw / f"mmap-{uuid.uuid4().hex[:6]}"
+    work.mkdir()
+    (work / "mm.c").write_text(MMAP_C)
+    subprocess.run(["gcc", "-static", "-Os", "-o", str(work / "mm"), str(work / "mm.c")], check=True)
+    done = vm.docker("run", "--rm", "-v", f"{work}:/w", image, "/w/mm", "/w/db", check=False)
+    assert done.returncode == 0, done.stderr
+    assert (work / "db").read_bytes().startswith(b"through a shared mapping\0")
+    assert (work / "db").stat().st_uid == os.getuid()
+
+
+@pytest.mark.timeout(600)
+def test_share_transport_read_only_refuses_writes(share_vm) -> None:  # noqa: ANN001
+    from tests.imagekit import busybox_image
+
+    vm, transport, _rw, ro = share_vm
+    image = busybox_image(vm.client())
+    (ro / "data.txt").write_text("read me\n")
+    out = vm.docker("run", "--rm", "-v", f"{ro}:/ro", image, "cat", "/ro/data.txt").stdout
     assert out == "read me\n"
-    write = vm.docker("run", "--rm", "-v", f"{host_dir}:/ro", image, "sh", "-c", "echo x > /ro/new.txt",
-                      check=False)
+    write = vm.docker("run", "--rm", "-v", f"{ro}:/ro", image, "sh", "-c", "echo x > /ro/new.txt", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr + write.stdout
-    assert not (host_dir / "new.txt").exists()
-    # $HOME is no longer shared: a bind of it is the VM's own directory, without the host's files.
-    marker = HOME / f"{host_dir.name}-marker"
+    # The host enforces it too: a privileged container that remounts its bind read-write still
+    # cannot write (9p: QEMU's readonly=on; virtiofs: virtiofsd's --readonly or a read-only bind).
+    daemon = virtiofsd.locate()[0]
+    if transport == "virtiofs" and os.geteuid() != 0 and not (daemon and daemon.readonly):
+        pytest.skip("this virtiofsd, run as a user, has no --readonly: only the guest enforces read-only")
+    sneaky = vm.docker("run", "--rm", "--privileged", "-v", f"{ro}:/ro", image, "sh", "-c",
+                       "mount -o remount,rw /ro; echo x > /ro/sneaky.txt", check=False)
+    assert sneaky.returncode != 0 and "Read-only file system" in sneaky.stderr + sneaky.stdout
+    assert not (ro / "new.txt").exists() and not (ro / "sneaky.txt").exists()
+    assert sorted(p.name for p in ro.iterdir()) == ["data.txt"]
+
+
+@pytest.mark.timeout(600)
+def test_share_transport_unshared_home_is_the_vms_own(share_vm) -> None:  # noqa: ANN001
+    from tests.imagekit import busybox_image
+
+    vm, _transport, rw, _ro = share_vm
+    image = busybox_image(vm.client())
+    # $HOME is not shared: a bind of it is the VM's own directory, without the host's files.
+    marker = HOME / f"{rw.name}-marker"
     marker.write_text("host only\n")
     try:
         listing = vm.docker("run", "--rm", "-v", f"{HOME}:/h", image, "ls", "-A", "/h").stdout.split()
         assert marker.name not in listing
     finally:
         marker.unlink()
+
+
+@pytest.mark.timeout(600)
+def test_share_transport_stop_leaves_nothing_behind(share_vm) -> None:  # noqa: ANN001
+    """Runs last for its instance: the virtiofsds (one per share) live exactly as long as the VM."""
+    vm, transport, rw, ro = share_vm
+    run = vm.paths.runtime_dir
+    pidfiles = sorted(run.glob("virtiofsd-*.pid"))
+    sockets = sorted(vm.paths.socket_dir.glob("vfs*.sock"))
+    if transport == "9p":
+        assert pidfiles == [] and sockets == []
+    else:
+        assert [p.name for p in pidfiles] == ["virtiofsd-pinnace0.pid", "virtiofsd-pinnace1.pid"]
+        assert [s.name for s in sockets] == ["vfs0.sock", "vfs1.sock"]
+        assert all(s.stat().st_mode & 0o777 == 0o600 for s in sockets)
+        assert vm.paths.socket_dir.stat().st_mode & 0o777 == 0o700
+        entries = [virtiofsd.read_pidfile(p) for p in pidfiles]
+        assert all(e is not None and virtiofsd.is_ours(*e) for e in entries)
+        logs = sorted(p.name for p in vm.paths.log_dir.glob("virtiofsd-*.log"))
+        assert logs == ["virtiofsd-pinnace0.log", "virtiofsd-pinnace1.log"]
+    stopped = vm.pinnace("stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    if transport == "virtiofs":
+        wait_for("the virtiofsds gone", lambda: not any(os.path.exists(f"/proc/{e[0]}") for e in entries), 15)
+    assert list(run.glob("virtiofsd-*.pid")) == [] and list(vm.paths.socket_dir.glob("vfs*.sock")) == []

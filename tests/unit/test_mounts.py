@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+
 from hypervisor import mounts
+from hypervisor.errors import MachineError
 from hypervisor.mounts import GuestShare
 from hypervisor.settings import Share
 from hypervisor.spec import MachineSpec, build_argv
@@ -101,3 +104,122 @@ def test_build_argv_places_share_devices() -> None:
     assert argv[i:i + 4] == ["-fsdev", "local,id=fs0,path=/home/a,,b,security_model=none",
                              "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=pinnace0"]
     assert "name=opt/pinnace/shares,file=/run/shares" in argv
+
+
+# --- transports ---------------------------------------------------------------------------------
+
+
+def test_plan_sets_the_transport_on_every_share() -> None:
+    planned = mounts.plan([Share("/a"), Share("/b", True)], "linux", always_dir, transport="virtiofs")
+    assert planned == [GuestShare("pinnace0", "/a", False, "virtiofs"), GuestShare("pinnace1", "/b", True, "virtiofs")]
+    assert {s.transport for s in mounts.plan([Share("/a")], "linux", always_dir)} == {"9p"}
+
+
+def test_plan_rejects_an_unknown_transport() -> None:
+    with pytest.raises(ValueError, match="nfs"):
+        mounts.plan([Share("/a")], "linux", always_dir, transport="nfs")
+
+
+@pytest.mark.parametrize(
+    ("setting", "host_os", "problem", "expected"),
+    [
+        ("9p", "linux", None, "9p"),
+        ("9p", "darwin", None, "9p"),
+        ("virtiofs", "linux", None, "virtiofs"),
+        ("auto", "linux", None, mounts.AUTO_LINUX),
+        ("auto", "linux", "virtiofsd not found", "9p"),
+        ("auto", "darwin", None, "9p"),
+        ("auto", "windows", None, "9p"),
+    ],
+)
+def test_choose_transport(setting: str, host_os: str, problem: str | None, expected: str) -> None:
+    transport, why = mounts.choose_transport(setting, host_os, problem)
+    assert transport == expected
+    assert why
+    if problem and setting == "auto" and mounts.AUTO_LINUX == "virtiofs":
+        assert problem in why
+
+
+def test_auto_picks_the_measured_winner_on_linux() -> None:
+    # The figures behind it are in the module docstring (tests/benchmarks/bench_ports_mounts.py).
+    assert mounts.AUTO_LINUX in mounts.TRANSPORTS
+    assert f"auto picks {mounts.AUTO_LINUX}" in " ".join(mounts.__doc__.split())
+
+
+@pytest.mark.parametrize(("host_os", "problem", "message"), [
+    ("linux", "virtiofsd not found on PATH", "share_transport = virtiofs: virtiofsd not found on PATH"),
+    ("darwin", None, "needs a Linux host"),
+])
+def test_explicit_virtiofs_that_cannot_work_raises(host_os: str, problem: str | None, message: str) -> None:
+    with pytest.raises(MachineError, match=message):
+        mounts.choose_transport("virtiofs", host_os, problem)
+
+
+def test_share_argv_virtiofs_uses_a_socket_per_share() -> None:
+    shares = [GuestShare("pinnace0", "/home/ann", False, "virtiofs"), GuestShare("pinnace1", "/ro", True, "virtiofs")]
+    argv = mounts.share_argv(shares, Path("/run/user/1000/pinnace/a,b"))
+    assert argv == [
+        "-chardev", "socket,id=vfs0,path=/run/user/1000/pinnace/a,,b/vfs0.sock",
+        "-device", "vhost-user-fs-pci,chardev=vfs0,tag=pinnace0",
+        "-chardev", "socket,id=vfs1,path=/run/user/1000/pinnace/a,,b/vfs1.sock",
+        "-device", "vhost-user-fs-pci,chardev=vfs1,tag=pinnace1",
+    ]
+    assert "-fsdev" not in argv and "readonly" not in " ".join(argv)  # read-only is virtiofsd's + the guest's
+
+
+def test_share_argv_virtiofs_needs_a_socket_dir() -> None:
+    with pytest.raises(ValueError, match="socket directory"):
+        mounts.share_argv([GuestShare("pinnace0", "/a", False, "virtiofs")])
+
+
+def test_socket_names_fit_where_the_engine_socket_does() -> None:
+    for i in (0, 9, 10, 999):
+        name = mounts.socket_name(GuestShare(f"pinnace{i}", "/x", False, "virtiofs"))
+        assert name == f"vfs{i}.sock" and len(name) <= len("docker.sock")
+
+
+def test_needs_shared_memory_only_for_virtiofs() -> None:
+    assert not mounts.needs_shared_memory([GuestShare("pinnace0", "/a")])
+    assert not mounts.needs_shared_memory([])
+    assert mounts.needs_shared_memory([GuestShare("pinnace0", "/a"), GuestShare("pinnace1", "/b", False, "virtiofs")])
+
+
+def test_fw_cfg_text_names_virtiofs_and_keeps_9p_lines_as_before() -> None:
+    shares = [GuestShare("pinnace0", "/home/a b", False, "virtiofs"), GuestShare("pinnace1", "/ro", True, "virtiofs"),
+              GuestShare("pinnace2", "/p9", True)]
+    text = mounts.fw_cfg_text(shares)
+    # A 9p line keeps three columns, so an image whose boot script predates virtiofs still reads "ro".
+    assert text == "pinnace0\t/home/a b\trw\tvirtiofs\npinnace1\t/ro\tro\tvirtiofs\npinnace2\t/p9\tro\n"
+    assert mounts.parse_fw_cfg_text(text) == shares
+
+
+def test_parse_fw_cfg_text_skips_unknown_transports_and_junk() -> None:
+    text = "pinnace0\t/a\trw\tnfs\npinnace1\t/b\trw\t9p\n\tno-tag\trw\njunk\npinnace2\t/c\tro\n"
+    assert mounts.parse_fw_cfg_text(text) == [GuestShare("pinnace1", "/b"), GuestShare("pinnace2", "/c", True)]
+
+
+def test_build_argv_with_virtiofs_shares_guest_memory() -> None:
+    spec = MachineSpec(
+        name="t", arch="x86_64", cpus=1, memory_mib=1536, kernel=Path("/k"), initrd=Path("/i"),
+        rootfs=Path("/r"), cmdline="quiet", data_disk=Path("/d"), ssh_host_port=2222,
+        fw_cfg=(), serial_log=Path("/s"), qmp_socket=Path("/q"), pidfile=Path("/p"),
+        shares=(GuestShare("pinnace0", "/home/a", False, "virtiofs"),), share_socket_dir=Path("/run/x"))
+    argv = build_argv(Path("/qemu"), spec, "tcg", "linux")
+    assert argv[argv.index("-machine") + 1] == "q35,memory-backend=mem"
+    i = argv.index("-object")
+    assert argv[i + 1] == "memory-backend-memfd,id=mem,size=1536M,share=on"
+    assert argv[argv.index("-m") + 1] == "1536"
+    i = argv.index("-chardev")
+    assert argv[i:i + 4] == ["-chardev", "socket,id=vfs0,path=/run/x/vfs0.sock",
+                             "-device", "vhost-user-fs-pci,chardev=vfs0,tag=pinnace0"]
+
+
+def test_build_argv_9p_only_keeps_private_memory() -> None:
+    spec = MachineSpec(
+        name="t", arch="x86_64", cpus=1, memory_mib=1536, kernel=Path("/k"), initrd=Path("/i"),
+        rootfs=Path("/r"), cmdline="quiet", data_disk=Path("/d"), ssh_host_port=2222,
+        fw_cfg=(), serial_log=Path("/s"), qmp_socket=Path("/q"), pidfile=Path("/p"),
+        shares=(GuestShare("pinnace0", "/home/a"),), share_socket_dir=Path("/run/x"))
+    argv = build_argv(Path("/qemu"), spec, "tcg", "linux")
+    assert "-object" not in argv and "memory-backend" not in " ".join(argv)
+    assert argv[argv.index("-machine") + 1] == "q35"

@@ -61,6 +61,8 @@ def test_host_facts_detect_is_sane() -> None:
         ({"disk_gib": 2049}, "disk_gib: 2049"),
         ({"accel": "xen"}, "accel: 'xen'"),
         ({"shares": [Share("relative/dir")]}, "shares[0].path"),
+        ({"share_transport": "nfs"}, "share_transport: 'nfs' is not one of auto, 9p, virtiofs"),
+        ({"share_transport": "VirtioFS"}, "share_transport: 'VirtioFS'"),
     ],
 )
 def test_validate_rejects(changes: dict, message: str) -> None:
@@ -88,6 +90,24 @@ def test_validate_accepts_bounds(changes: dict) -> None:
 @pytest.mark.parametrize("accel", ["auto", "kvm", "hvf", "whpx", "tcg"])
 def test_validate_accepts_every_accel(accel: str) -> None:
     validate(ok_settings(accel=accel), HOST)
+
+
+@pytest.mark.parametrize("transport", ["auto", "9p", "virtiofs"])
+def test_validate_accepts_every_share_transport(transport: str) -> None:
+    validate(ok_settings(share_transport=transport), HOST)
+
+
+@pytest.mark.parametrize("host_os", ["darwin", "windows"])
+def test_virtiofs_needs_a_linux_host(host_os: str) -> None:
+    host = HostFacts(cpus=8, memory_mib=16384, os=host_os)
+    with pytest.raises(SettingsError, match=f"share_transport: virtiofs needs a Linux host.*not {host_os}"):
+        validate(ok_settings(share_transport="virtiofs"), host)
+    validate(ok_settings(share_transport="auto"), host)
+    validate(ok_settings(share_transport="9p"), host)
+
+
+def test_share_transport_defaults_to_auto() -> None:
+    assert Settings().share_transport == "auto" and Settings.defaults(HOST, home="/h").share_transport == "auto"
 
 
 def test_windows_share_paths_are_absolute() -> None:
@@ -131,6 +151,8 @@ def test_load_overlays_file_on_defaults(tmp_path: Path) -> None:
         ("colour = 1", "settings.toml: colour: unknown key"),
         ("cpus = 64", "settings.toml: cpus: 64 is outside 1..8"),
         ('accel = "xen"', "settings.toml: accel: 'xen' is not one of"),
+        ('share_transport = "smb"', "settings.toml: share_transport: 'smb' is not one of"),
+        ("share_transport = 9", "settings.toml: share_transport: expected a string, got 9"),
         ('shares = "x"', "settings.toml: shares: expected an array of tables"),
         ('[[shares]]\npath = "/a"\nmode = "rw"', "settings.toml: shares[0].mode: unknown key"),
         ("[[shares]]\nread_only = true", "settings.toml: shares[0].path: missing"),
@@ -161,6 +183,7 @@ def test_save_round_trips_including_awkward_strings(tmp_path: Path) -> None:
         cpus=3,
         accel="kvm",
         start_at_login=True,
+        share_transport="9p",
         shares=[Share('/home/a "quoted"\\dir\tx\x7f', True), Share(r"C:\Users\me")],
     )
     save(f, s, HOST)
@@ -196,6 +219,15 @@ def test_save_refuses_invalid_and_keeps_file(tmp_path: Path) -> None:
 def test_to_toml_is_parseable() -> None:
     data = tomllib.loads(to_toml(ok_settings()))
     assert data["cpus"] == 2 and data["shares"] == [{"path": "/home/me", "read_only": False}]
+    assert data["share_transport"] == "auto"
+
+
+def test_file_without_share_transport_means_auto(tmp_path: Path) -> None:
+    f = tmp_path / "settings.toml"
+    f.write_text("cpus = 2\n")  # written before the key existed
+    assert load(f, HOST).share_transport == "auto"
+    f.write_text('share_transport = "9p"\n')
+    assert load(f, HOST).share_transport == "9p"
 
 
 @pytest.mark.parametrize(
@@ -208,6 +240,8 @@ def test_to_toml_is_parseable() -> None:
         ("start_at_login", "False", False),
         ("expose_ports_on_all_interfaces", "yes", True),
         ("shares", "/a,/b:ro", [Share("/a"), Share("/b", True)]),
+        ("share_transport", " virtiofs ", "virtiofs"),
+        ("share_transport", "9p", "9p"),
     ],
 )
 def test_set_value_parses_cli_text(key: str, text: str, expected: object) -> None:
@@ -226,6 +260,7 @@ def test_set_value_parses_cli_text(key: str, text: str, expected: object) -> Non
         ("colour", "red", "colour: unknown key"),
         ("cpus", "99", "cpus: 99"),
         ("accel", "xen", "accel: 'xen'"),
+        ("share_transport", "virtio-9p", "share_transport: 'virtio-9p' is not one of"),
     ],
 )
 def test_set_value_errors(key: str, text: str, message: str) -> None:
@@ -241,15 +276,16 @@ def test_set_value_disk_cannot_shrink() -> None:
 
 @pytest.mark.parametrize(
     ("key", "expected"),
-    [("cpus", "2"), ("accel", "auto"), ("start_at_login", "false"), ("shares", "/home/me")],
+    [("cpus", "2"), ("accel", "auto"), ("start_at_login", "false"), ("shares", "/home/me"),
+     ("share_transport", "auto")],
 )
 def test_get_value(key: str, expected: str) -> None:
     assert get_value(ok_settings(), key) == expected
 
 
 def test_get_set_round_trip_for_every_key() -> None:
-    s = ok_settings(shares=[Share("/x", True)], start_vm_with_app=True)
-    for key in ("cpus", "memory_mib", "disk_gib", "accel", "start_vm_with_app", "shares"):
+    s = ok_settings(shares=[Share("/x", True)], start_vm_with_app=True, share_transport="virtiofs")
+    for key in ("cpus", "memory_mib", "disk_gib", "accel", "start_vm_with_app", "shares", "share_transport"):
         assert set_value(s, key, get_value(s, key), HOST) == s
 
 

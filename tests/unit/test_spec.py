@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor.errors import AcceleratorError
+from hypervisor.mounts import GuestShare
 from hypervisor.spec import MachineSpec, build_argv, probe_argv
 
 QEMU = Path("/usr/bin/qemu-system-x")
@@ -102,6 +103,37 @@ def test_full_argv_devices_and_plumbing() -> None:
     assert one(argv, "-serial") == "chardev:serial0"
     assert one(argv, "-qmp") == "unix:/run/qmp.sock,server=on,wait=off"
     assert one(argv, "-pidfile") == "/run/qemu.pid"
+
+
+@pytest.mark.parametrize(("arch", "accel", "machine"), [
+    ("x86_64", "kvm", "q35,memory-backend=mem"),
+    ("x86_64", "tcg", "q35,memory-backend=mem"),
+    ("aarch64", "kvm", "virt,gic-version=max,memory-backend=mem"),
+    ("aarch64", "tcg", "virt,gic-version=max,memory-backend=mem"),
+])
+def test_virtiofs_puts_guest_memory_in_a_shared_memfd(arch: str, accel: str, machine: str) -> None:
+    spec = make_spec(arch, shares=(GuestShare("pinnace0", "/home/a", False, "virtiofs"),),
+                     share_socket_dir=Path("/run/p"))
+    argv = build_argv(QEMU, spec, accel, "linux")
+    assert one(argv, "-machine") == machine
+    assert one(argv, "-m") == "2048"
+    assert one(argv, "-object") == "memory-backend-memfd,id=mem,size=2048M,share=on"
+    assert values(argv, "-chardev")[0] == "socket,id=vfs0,path=/run/p/vfs0.sock"
+    assert "vhost-user-fs-pci,chardev=vfs0,tag=pinnace0" in values(argv, "-device")
+    # the memory object is defined before anything refers to it
+    assert argv.index("-object") < argv.index("-device")
+
+
+def test_shared_memory_is_linux_only() -> None:
+    spec = make_spec(shares=(GuestShare("pinnace0", "/Users/a", False, "virtiofs"),), share_socket_dir=Path("/r"))
+    with pytest.raises(AcceleratorError, match="needs a Linux host, not darwin"):
+        build_argv(QEMU, spec, "hvf", "darwin")
+
+
+def test_9p_shares_need_no_shared_memory() -> None:
+    argv = build_argv(QEMU, make_spec(shares=(GuestShare("pinnace0", "/home/a"),)), "kvm", "linux")
+    assert one(argv, "-machine") == "q35" and "-object" not in argv
+    assert values(argv, "-fsdev") == ["local,id=fs0,path=/home/a,security_model=none"]
 
 
 def test_extra_host_forwards_are_appended() -> None:

@@ -300,3 +300,31 @@ def test_instance_keys_on_windows(tmp_path: Path) -> None:
     made = keys.ensure_instance_keys(tmp_path / "keys", "dev")
     assert keys.public_line(made.client_key, "pinnace-dev") == made.client_public
     assert keys.ensure_instance_keys(tmp_path / "keys", "dev").host_public == made.host_public
+
+
+def test_qmp_listens_on_a_unix_socket_or_windows_loopback(tmp_path: Path) -> None:
+    from hypervisor.spec import qmp_option
+
+    assert qmp_option(tmp_path / "qmp.sock") == f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"
+    assert qmp_option(("127.0.0.1", 40123)) == "tcp:127.0.0.1:40123,server=on,wait=off"
+    with pytest.raises(ValueError, match="loopback"):
+        qmp_option(("0.0.0.0", 40123))
+
+
+def test_agent_qmp_address_per_os(tmp_path: Path) -> None:
+    from hypervisor.agent import Agent
+    from hypervisor.errors import MachineError
+    from hypervisor.paths import Paths
+
+    paths = Paths.for_instance("qmpt", {"PINNACE_HOME": str(tmp_path)})
+    paths.ensure_dirs()
+    agent = Agent(paths)
+    agent.os = "linux"
+    assert agent.qmp_address(fresh=True) == paths.qmp_socket
+    agent.os = "windows"
+    with pytest.raises(MachineError, match="no QMP port"):
+        agent.qmp_address(fresh=False)
+    host, port = agent.qmp_address(fresh=True)
+    assert host == "127.0.0.1" and 0 < port < 65536
+    assert agent.qmp_address(fresh=False) == ("127.0.0.1", port)  # re-adoption reads it back
+    assert (paths.qmp_port_file.stat().st_mode & 0o777) == 0o600
