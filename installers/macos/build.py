@@ -24,7 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: the shared icon helper
 import recipe  # this directory is sys.path[0] when run as a script
+from icon_render import render_png  # noqa: E402
 
 from vmimage import locations
 from vmimage import manifest as image_manifest
@@ -61,23 +63,6 @@ def check_images(root: Path) -> None:
         for kind, artifact in manifest.artifacts.items():
             if image_manifest.sha256_file(directory / artifact.file) != artifact.sha256:
                 raise BuildError(f"{directory / artifact.file}: sha256 differs from the manifest ({kind})")
-
-
-def render_png(svg: Path, size: int) -> bytes:
-    from PySide6.QtCore import QBuffer, QByteArray, QIODevice
-    from PySide6.QtGui import QImage, QPainter
-    from PySide6.QtSvg import QSvgRenderer
-
-    image = QImage(size, size, QImage.Format.Format_ARGB32)
-    image.fill(0)
-    painter = QPainter(image)
-    QSvgRenderer(str(svg)).render(painter)
-    painter.end()
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, "PNG")
-    return bytes(data.data())
 
 
 def make_icns(work: Path) -> Path:

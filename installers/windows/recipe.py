@@ -18,6 +18,9 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: the shared icon helper
+from icon_render import render_png  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 
 APP_NAME = "Pinnace"
@@ -208,24 +211,6 @@ def ico_bytes(pngs: Mapping[int, bytes]) -> bytes:
         blobs.append(png)
         offset += len(png)
     return header + b"".join(directory) + b"".join(blobs)
-
-
-def render_png(svg: Path, size: int) -> bytes:
-    """The SVG drawn at size x size (Qt's SVG renderer, already a dependency of the tray)."""
-    from PySide6.QtCore import QBuffer, QByteArray, QIODevice
-    from PySide6.QtGui import QImage, QPainter
-    from PySide6.QtSvg import QSvgRenderer
-
-    image = QImage(size, size, QImage.Format.Format_ARGB32)
-    image.fill(0)
-    painter = QPainter(image)
-    QSvgRenderer(str(svg)).render(painter)
-    painter.end()
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, "PNG")
-    return bytes(data.data())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +51,18 @@ from tests.imagekit import busybox_image  # noqa: E402
 
 MOUNT_OPTS = "trans=virtio,version=9p2000.L,msize=512000,access=client"
 
+
+def bench_spec(name: str, work: Path, image_dir: Path, image: Any, keys: Any, ssh_port: int, memory_mib: int,
+               **extra: Any) -> MachineSpec:
+    """A bare VM of the product image, set up by hand in `work` (no agent), as both benchmarks boot it."""
+    return MachineSpec(
+        name=name, arch="x86_64", cpus=2, memory_mib=memory_mib, kernel=image.path_of(image_dir, "kernel"),
+        initrd=image.path_of(image_dir, "initrd"), rootfs=image.path_of(image_dir, "rootfs"),
+        cmdline=image.cmdline, data_disk=work / "data.qcow2", ssh_host_port=ssh_port,
+        fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
+                ("opt/pinnace/authorized_keys", work / "authorized_keys"),
+                ("opt/pinnace/hostname", work / "hostname"), ("opt/pinnace/shares", work / "shares")),
+        serial_log=work / "serial.log", qmp_socket=work / "qmp.sock", pidfile=work / "qemu.pid", **extra)
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -120,15 +133,8 @@ def floor_vm(accel: str, mb: int) -> Iterator[int]:
         (work / "shares").write_text("")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "data.qcow2"), "8G"], check=True)
         ssh_port, http_port = free_port(), free_port()
-        spec = MachineSpec(
-            name="floor", arch="x86_64", cpus=2, memory_mib=2048, kernel=image.path_of(image_dir, "kernel"),
-            initrd=image.path_of(image_dir, "initrd"), rootfs=image.path_of(image_dir, "rootfs"),
-            cmdline=image.cmdline, data_disk=work / "data.qcow2", ssh_host_port=ssh_port,
-            fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
-                    ("opt/pinnace/authorized_keys", work / "authorized_keys"),
-                    ("opt/pinnace/hostname", work / "hostname"), ("opt/pinnace/shares", work / "shares")),
-            serial_log=work / "serial.log", qmp_socket=work / "qmp.sock", pidfile=work / "qemu.pid",
-            host_forwards=(f"tcp:127.0.0.1:{http_port}-:8000",))
+        spec = bench_spec("floor", work, image_dir, image, keys, ssh_port, 2048,
+                          host_forwards=(f"tcp:127.0.0.1:{http_port}-:8000",))
         qemu = Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
         proc = subprocess.Popen(build_argv(qemu, spec, accel, "linux"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -330,15 +336,8 @@ def share_vm(accel: str, shares: list[tuple[GuestShare, str]], memory_mib: int =
                 group = [s for s, c in shares if s.transport == "virtiofs" and c == cache]
                 started += virtiofsd.start(daemon, group, work, work, work, cache=cache)
         ssh_port = free_port()
-        spec = MachineSpec(
-            name="fsbench", arch="x86_64", cpus=2, memory_mib=memory_mib, kernel=image.path_of(image_dir, "kernel"),
-            initrd=image.path_of(image_dir, "initrd"), rootfs=image.path_of(image_dir, "rootfs"),
-            cmdline=image.cmdline, data_disk=work / "data.qcow2", ssh_host_port=ssh_port,
-            fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
-                    ("opt/pinnace/authorized_keys", work / "authorized_keys"),
-                    ("opt/pinnace/hostname", work / "hostname"), ("opt/pinnace/shares", work / "shares")),
-            serial_log=work / "serial.log", qmp_socket=work / "qmp.sock", pidfile=work / "qemu.pid",
-            shares=tuple(guest), share_socket_dir=work)
+        spec = bench_spec("fsbench", work, image_dir, image, keys, ssh_port, memory_mib,
+                          shares=tuple(guest), share_socket_dir=work)
         qemu = Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
         with open(work / "qemu.log", "wb") as qlog:
             proc = subprocess.Popen(build_argv(qemu, spec, accel, "linux"), stdout=qlog, stderr=qlog)

@@ -3,7 +3,6 @@ are tests/integration/test_deb.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tomllib
 from pathlib import Path
@@ -11,6 +10,7 @@ from types import ModuleType
 
 import pytest
 
+from tests import installer_modules
 from vmimage import locations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,15 +19,8 @@ LINUX = ROOT / "installers" / "linux"
 
 def load(name: str) -> ModuleType:
     if str(LINUX) not in sys.path:
-        sys.path.insert(0, str(LINUX))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LINUX / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+        sys.path.insert(0, str(LINUX))  # build_deb imports its siblings by name
+    return installer_modules.load(name, LINUX / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,21 @@ script both platforms' builds start at. Pure: runs on any host."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import plistlib
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from app import autostart
 from hypervisor import launcher
 from hypervisor.paths import Paths
+from tests.installer_modules import load
 
 ROOT = Path(__file__).resolve().parents[2]
 MACOS = ROOT / "installers" / "macos"
-
-
-def load(name: str, path: Path) -> ModuleType:
-    """installers/ is not a package: load its modules by path."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 recipe = load("pinnace_macos_recipe", MACOS / "recipe.py")

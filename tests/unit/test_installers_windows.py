@@ -3,31 +3,21 @@ script is parsed here, not compiled; ISCC exists only on Windows)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import struct
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from app import autostart
 from hypervisor import qemu_binary
+from tests.installer_modules import load
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = ROOT / "installers" / "windows"
-
-
-def load(name: str, path: Path) -> ModuleType:
-    """installers/ is not a package: load its modules by path."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 recipe = load("pinnace_windows_recipe", WINDOWS / "recipe.py")
