@@ -132,6 +132,9 @@ def describe(status: Status) -> str:
         lines.append(f"engine     Docker {status.engine_version}")
     if status.docker_socket:
         lines.append(f"socket     {status.docker_socket}")
+    for i, share in enumerate(status.shares):
+        mode = "read-only" if share.get("read_only") else "read-write"
+        lines.append(f"{'shares' if i == 0 else '':10} {share.get('path')} ({share.get('transport')}, {mode})")
     return "\n".join(lines)
 
 

@@ -326,6 +326,8 @@ class Agent:
         shares = mounts.plan(settings.shares, self.os, transport=transport)
         log.info("shared folders over %s (%s)%s", transport, why,
                  f", virtiofsd {daemon.path} ({daemon.flavour})" if transport == "virtiofs" and daemon else "")
+        self.status.shares = [{"path": s.path, "read_only": s.read_only, "transport": s.transport} for s in shares]
+        self.status.share_transport_reason = why
         return shares, daemon if mounts.needs_shared_memory(shares) else None
 
     async def _watch_virtiofsds(self, started: list[virtiofsd.Running]) -> None:

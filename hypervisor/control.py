@@ -50,6 +50,9 @@ class Status:
     docker_socket: str = ""
     ssh_port: int | None = None
     port_forwards: list[dict[str, Any]] = field(default_factory=list)
+    # host folders in the guest: {"path", "read_only", "transport"} each; why that transport
+    shares: list[dict[str, Any]] = field(default_factory=list)
+    share_transport_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -286,6 +286,9 @@ def test_bind_mount_both_ways_with_odd_path(vm_instance, busybox: str, host_dir:
     # The shared instance runs with the default settings: $HOME over share_transport = auto.
     transport = expected_auto()
     assert fstype_of(vm_instance, busybox, host_dir) == transport
+    status = json.loads(vm_instance.pinnace("status", "--json").stdout)
+    assert {"path": str(HOME), "read_only": False, "transport": transport} in status["shares"], status["shares"]
+    assert status["share_transport_reason"].startswith("auto:")
     check_both_ways(vm_instance, busybox, host_dir, transport)
 
 

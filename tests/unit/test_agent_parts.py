@@ -124,3 +124,7 @@ def test_describe_names_accelerator_reason_and_socket() -> None:
                            disk_gib=64))
     assert "tcg — TCG: fallback, KVM failed" in text
     assert "/run/docker.sock" in text and "Docker 26.1.5" in text and "2 CPUs, 2 GiB memory" in text
+    shared = describe(Status("default", state="running", shares=[
+        {"path": "/home/me", "read_only": False, "transport": "virtiofs"},
+        {"path": "/data", "read_only": True, "transport": "virtiofs"}]))
+    assert "shares     /home/me (virtiofs, read-write)\n           /data (virtiofs, read-only)" in shared
