@@ -77,7 +77,7 @@ def main() -> int:
         deb = args.deb or build_deb(Path(tmp))
         fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Installed-Size"], capture_output=True, text=True,
                                 check=True).stdout
-        installed_kib = int(fields.split(":")[1])
+        installed_kib = int(fields.strip().split(":")[-1])
         root = DebRoot.create(Path(tmp) / "root")
         try:
             result = root.install(deb)
