@@ -365,7 +365,8 @@ class Agent:
         previous = {}
         with contextlib.suppress(OSError, ValueError):
             previous = json.loads(self.paths.state_file.read_text())
-        for key in ("accel", "accel_reason", "accel_warning", "cpus", "memory_mib", "disk_gib", "started_at"):
+        for key in ("accel", "accel_reason", "accel_warning", "cpus", "memory_mib", "disk_gib", "started_at",
+                    "shares", "share_transport_reason"):
             if key in previous:
                 setattr(self.status, key, previous[key])
         self.to(State.STARTING, "re-adopting the running VM")
