@@ -91,6 +91,11 @@ class Agent:
         self.host_arch = self.arch = host_arch()
         self.lifecycle = Lifecycle()
         self.status = Status(instance=paths.instance, agent_pid=os.getpid())
+        # The previous agent's last status, read before this one publishes its own over it: a
+        # re-adopting agent takes the facts of the running VM (accelerator, shares) from it.
+        self.previous_status: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            self.previous_status = json.loads(paths.state_file.read_text())
         self.watchers: set[asyncio.Queue[Status | None]] = set()
         self.proc = None
         self.monitor: Monitor | None = None
@@ -362,9 +367,7 @@ class Agent:
     async def adopt(self, pid: int) -> None:
         """A QEMU of ours outlived its agent: take it over instead of booting a second VM."""
         log.info("adopting running QEMU pid %d", pid)
-        previous = {}
-        with contextlib.suppress(OSError, ValueError):
-            previous = json.loads(self.paths.state_file.read_text())
+        previous = self.previous_status
         for key in ("accel", "accel_reason", "accel_warning", "cpus", "memory_mib", "disk_gib", "started_at",
                     "shares", "share_transport_reason"):
             if key in previous:
