@@ -21,17 +21,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # installers/: shared.py
 sys.path.insert(0, str(ROOT))
 
 import debian_files as files  # noqa: E402
 import qt_prune  # noqa: E402
+from shared import project_version  # noqa: E402
 
 from vmimage import manifest as image_manifest  # noqa: E402
 
@@ -44,10 +45,6 @@ GLIBC_MINORS = range(17, 37)
 
 class BuildError(Exception):
     """A step of the package build failed; the message says which."""
-
-
-def project_version() -> str:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def runtime_closure(root: str = "pinnace") -> dict[str, str]:

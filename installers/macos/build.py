@@ -24,9 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: the shared icon helper
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: shared.py
 import recipe  # this directory is sys.path[0] when run as a script
-from icon_render import render_png  # noqa: E402
+from shared import render_png  # noqa: E402
 
 from vmimage import locations
 from vmimage import manifest as image_manifest

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import plistlib
 import re
-import tomllib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: shared.py
+from shared import project_version  # noqa: E402, F401 - the spec and build.py read it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,10 +37,6 @@ IMAGES_DEST = "images"
 
 HYPERVISOR_ENTITLEMENT = "com.apple.security.hypervisor"
 JIT_ENTITLEMENT = "com.apple.security.cs.allow-jit"
-
-
-def project_version(pyproject: Path = ROOT / "pyproject.toml") -> str:
-    return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 def bundle_version(version: str) -> str:

@@ -14,12 +14,11 @@ import json
 import re
 import struct
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: the shared icon helper
-from icon_render import render_png  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # installers/: shared.py
+from shared import project_version, render_png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,10 +37,6 @@ IMAGE_DEST = rf"{{app}}\images\{IMAGE_ARCH}"
 QEMU_DIR = r"{commonpf64}\qemu"
 QEMU_EXE = "qemu-system-x86_64.exe"
 ICO_SIZES = (16, 20, 24, 32, 40, 48, 64, 256)
-
-
-def project_version(pyproject: Path = ROOT / "pyproject.toml") -> str:
-    return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 def file_version(version: str) -> str:

@@ -1,9 +1,17 @@
-"""Draw the app's SVG icon as PNG at a size, for the macOS .icns and the Windows .ico (Qt's SVG
-renderer is already a dependency of the tray). Shared by installers/macos and installers/windows."""
+"""What every installer recipe needs: the version (from pyproject.toml, the one source) and the
+app icon drawn as PNG at a size, for the macOS .icns and the Windows .ico (Qt's SVG renderer is
+already a dependency of the tray). Recipes put installers/ on sys.path to import this."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def project_version(pyproject: Path = PYPROJECT) -> str:
+    return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 def render_png(svg: Path, size: int) -> bytes:
