@@ -11,15 +11,17 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from app import dockerctx
-from hypervisor import engine, launcher
+from hypervisor import engine, launcher, operations
 from hypervisor import settings as settings_mod
-from hypervisor.control import PipeStream, Status, is_pipe
+from hypervisor.control import Status
 from hypervisor.disk import GIB
-from hypervisor.errors import PinnaceError, SettingsError
+from hypervisor.errors import OperationError, PinnaceError, SettingsError
+from hypervisor.operations import Step, disk_bytes  # noqa: F401 - disk_bytes: the CLI's, re-exported
 from hypervisor.paths import Paths
 from hypervisor.settings import HostFacts
 from vmimage import cli as image_cli
@@ -172,70 +174,73 @@ def _print_ready(paths: Paths, status: Status, use_context: bool) -> None:
 # --- commands -------------------------------------------------------------------------------
 
 
+STEP_LINES = {
+    Step.ALREADY_RUNNING: "pinnace: instance '{name}' is already running",
+    Step.READOPTING: "pinnace: instance '{name}' was running without its agent: re-adopting it",
+    Step.STARTING: "Starting Pinnace instance '{name}'…",
+    Step.NOT_RUNNING: "pinnace: instance '{name}' is not running",
+    Step.STOPPING: "Stopping '{name}'…",
+    Step.RESTARTING: "Restarting '{name}'…",
+    Step.WIPED: "data disk and keys deleted; starting fresh…",
+}
+
+
+def announce(paths: Paths) -> Callable[[Step], None]:
+    """Prints the line for each phase of an operation as it begins."""
+
+    def say(step: Step) -> None:
+        line = STEP_LINES.get(step)
+        if line is not None:
+            print(line.format(name=paths.instance), flush=True)
+
+    return say
+
+
+def failed(exc: OperationError) -> int:
+    if exc.op == "start":
+        print(f"pinnace: start failed: {exc} (details: pinnace logs)", file=sys.stderr)
+    else:
+        print(f"pinnace: {exc.op} failed: {exc.status.reason}", file=sys.stderr)
+    return 1
+
+
 def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("cpus", "memory_mib", "disk_gib", "accel")
                  if getattr(args, k) is not None}
     host, disk_gib = _host(), _current_disk_gib(paths)
     current = load_settings(paths, host, disk_gib)
-    previous_text = paths.settings_file.read_text() if paths.settings_file.exists() else None
+    change = None
     if overrides:
         updated = current
         for key, value in overrides.items():
             updated = settings_mod.set_value(updated, key, str(value), host, disk_gib)
-        settings_mod.save(paths.settings_file, updated, host, disk_gib)
-    control = launcher.client(paths)
-    if control.is_alive():
-        now = control.status()
-        if now.state == "running":
-            print(f"pinnace: instance '{paths.instance}' is already running")
-            _print_ready(paths, now, args.use_context)
-            return 0
-    elif launcher.qemu_running(paths):
-        print(f"pinnace: instance '{paths.instance}' was running without its agent: re-adopting it")
-    print(f"Starting Pinnace instance '{paths.instance}'…", flush=True)
-    control = launcher.ensure_agent(paths)
-    final = launcher.wait_for(control, {"running", "error", "stopped"}, Progress())
-    if final.state != "running":
-        if overrides:  # a start that failed with new values must not leave them behind
-            if previous_text is None:
-                paths.settings_file.unlink(missing_ok=True)
-            else:
-                paths.settings_file.write_text(previous_text)
-        print(f"pinnace: start failed: {final.reason or final.state} (details: pinnace logs)", file=sys.stderr)
-        return 1
+        change = operations.change_settings(paths, updated, host, disk_gib)
+    try:
+        final = operations.start(paths, change, on_step=announce(paths), on_update=Progress())
+    except OperationError as exc:
+        return failed(exc)
     _print_ready(paths, final, args.use_context)
     return 0
 
 
 def cmd_stop(paths: Paths, _args: argparse.Namespace) -> int:
-    control = launcher.client(paths)
-    if not control.is_alive():
-        if launcher.qemu_running(paths):
-            control = launcher.ensure_agent(paths)
-        else:
-            print(f"pinnace: instance '{paths.instance}' is not running")
-            return 0
-    started = time.monotonic()
-    print(f"Stopping '{paths.instance}'…", flush=True)
-    control.call("stop", timeout=120)
-    print(f"stopped in {time.monotonic() - started:.1f} s")
+    say, began = announce(paths), [time.monotonic()]
+
+    def on_step(step: Step) -> None:
+        began.append(time.monotonic())
+        say(step)
+
+    if operations.stop(paths, on_step=on_step):
+        print(f"stopped in {time.monotonic() - began[-1]:.1f} s")
     return 0
 
 
-def cmd_restart(paths: Paths, args: argparse.Namespace) -> int:
-    control = launcher.client(paths)
-    if not control.is_alive() and not launcher.qemu_running(paths):
-        args.use_context = False
-        for key in ("cpus", "memory_mib", "disk_gib", "accel"):
-            setattr(args, key, None)
-        return cmd_start(paths, args)
-    control = launcher.ensure_agent(paths)
-    print(f"Restarting '{paths.instance}'…", flush=True)
-    status = Status.from_dict(control.call("restart", timeout=900))
-    if status.state != "running":
-        print(f"pinnace: restart failed: {status.reason}", file=sys.stderr)
-        return 1
-    _print_ready(paths, status, False)
+def cmd_restart(paths: Paths, _args: argparse.Namespace) -> int:
+    try:
+        final = operations.restart(paths, on_step=announce(paths), on_update=Progress())
+    except OperationError as exc:
+        return failed(exc)
+    _print_ready(paths, final, False)
     return 0
 
 
@@ -248,35 +253,18 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
     return 0 if status.state != "error" else 1
 
 
-def _engine_get(endpoint: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """GET from the forwarded engine: its named pipe on Windows (no AF_UNIX there), else its socket."""
-    if is_pipe(endpoint):
-        return engine.get(PipeStream.connect(endpoint, timeout), path)
-    return engine.unix_get(endpoint, path, timeout)
-
-
-def disk_bytes(st: os.stat_result) -> int:
-    """Bytes a (sparse) file really takes: st_blocks where there is one, its size on Windows."""
-    blocks = getattr(st, "st_blocks", None)
-    return blocks * 512 if blocks is not None else st.st_size
+def usage_line(usage: engine.EngineUsage | None) -> str:
+    if usage is None:
+        return "  every container, image and volume (the engine is not running, so they cannot be counted)"
+    return (f"  {usage.containers} containers, {usage.images} images, {usage.volumes} volumes "
+            f"({usage.disk_bytes / GIB:.2f} GiB)")
 
 
 def reset_summary(paths: Paths, status: Status) -> list[str]:
-    lines = []
-    if status.state == "running" and status.docker_socket:
-        try:
-            code, body = _engine_get(status.docker_socket, "/system/df")
-            if code == 200:
-                u = engine.usage_summary(json.loads(body))
-                lines.append(f"  {u['containers']} containers, {u['images']} images, {u['volumes']} volumes "
-                             f"({u['bytes'] / GIB:.2f} GiB)")
-        except (OSError, ValueError) as exc:
-            log.info("engine usage unavailable: %s", exc)
-    if not lines:
-        lines.append("  every container, image and volume (the engine is not running, so they cannot be counted)")
-    if paths.data_disk.exists():
-        used = disk_bytes(paths.data_disk.stat()) / GIB
-        lines.append(f"  the data disk {paths.data_disk} ({used:.2f} GiB on disk)")
+    preview = operations.reset_preview(paths, status)
+    lines = [usage_line(preview.engine)]
+    if preview.data_disk is not None:
+        lines.append(f"  the data disk {preview.data_disk} ({preview.data_disk_bytes / GIB:.2f} GiB on disk)")
     lines.append("  the instance's SSH keys (new ones are made)")
     return lines
 
@@ -293,19 +281,10 @@ def cmd_reset(paths: Paths, args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("reset cancelled; nothing was deleted")
             return 1
-    control = launcher.client(paths)
-    if control.is_alive() or launcher.qemu_running(paths):
-        control = launcher.ensure_agent(paths)
-        final = Status.from_dict(control.call("reset", timeout=900))
-    else:
-        paths.data_disk.unlink(missing_ok=True)
-        shutil.rmtree(paths.keys_dir, ignore_errors=True)
-        print("data disk and keys deleted; starting fresh…", flush=True)
-        control = launcher.ensure_agent(paths)
-        final = launcher.wait_for(control, {"running", "error", "stopped"}, Progress())
-    if final.state != "running":
-        print(f"pinnace: reset failed: {final.reason}", file=sys.stderr)
-        return 1
+    try:
+        operations.reset(paths, on_step=announce(paths), on_update=Progress())
+    except OperationError as exc:
+        return failed(exc)
     print("reset done: the engine is running with an empty data disk")
     return 0
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import AcceleratorError
 from hypervisor.spec import PROBE_MARKER
 
@@ -152,7 +153,7 @@ class ProbeCache:
         data[key] = {**asdict(result), "at": self._clock()}
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            host_platform.current().private_dir(self.path.parent, tighten=False)
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError as exc:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import MachineError
+from hypervisor.qemu_binary import find_qemu_img
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 
@@ -22,6 +29,29 @@ def resize_argv(qemu_img: Path, disk: Path, gib: int) -> list[str]:
 
 def info_argv(qemu_img: Path, disk: Path) -> list[str]:
     return [str(qemu_img), "info", "--output=json", "-U", str(disk)]
+
+
+def lock_check_argv(qemu_img: Path, disk: Path) -> list[str]:
+    """Without -U: qemu-img then takes the image's lock, which a running QEMU holds."""
+    return [str(qemu_img), "info", "--output=json", str(disk)]
+
+
+def in_use(qemu_img: Path, disk: Path) -> str | None:
+    """Why `disk` is in use by a QEMU (it holds the image's lock, whoever started it), or None.
+
+    Asked before anything deletes or replaces the disk: pid files and sockets can be wiped (a
+    logout empties the runtime dir) while QEMU still writes the disk; the lock cannot.
+    """
+    if not disk.exists():
+        return None
+    try:
+        proc = subprocess.run(lock_check_argv(qemu_img, disk), capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot tell whether {disk} is in use: {exc}"
+    if proc.returncode == 0:
+        return None
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    return f"{disk} is in use by a running VM" + (f" ({detail[0]})" if detail else "")
 
 
 def _run(argv: list[str], what: str) -> str:
@@ -55,9 +85,22 @@ def ensure(qemu_img: Path, disk: Path, gib: int) -> str:
     if current is None:
         disk.parent.mkdir(parents=True, exist_ok=True)
         _run(create_argv(qemu_img, disk, gib), f"cannot create the data disk {disk}")
-        disk.chmod(0o600)
+        host_platform.current().restrict(disk)  # the guest's data: owner-only
         return "created"
     if gib > current:
         _run(resize_argv(qemu_img, disk, gib), f"cannot grow the data disk {disk}")
         return "grown"
     return "kept"
+
+
+def delete_instance_data(disk: Path, keys_dir: Path, qemu_img: Path | None = None) -> None:
+    """What a reset deletes (the data disk and the instance's keys), only when no QEMU holds the
+    disk: MachineError naming it otherwise, and nothing is deleted."""
+    if qemu_img is None:
+        qemu_img = find_qemu_img(host_platform.current().os_name, os.environ, shutil.which, Path.is_file)
+    busy = in_use(qemu_img, disk)
+    if busy:
+        raise MachineError(f"not resetting: {busy}; stop it first (`pinnace stop`)")
+    disk.unlink(missing_ok=True)
+    shutil.rmtree(keys_dir, ignore_errors=True)
+    log.info("reset: deleted %s and %s", disk, keys_dir)

@@ -5,6 +5,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hypervisor.control import Status
+
 
 class PinnaceError(Exception):
     """Root of every error the hypervisor package raises on purpose."""
@@ -45,6 +50,14 @@ class StateError(PinnaceError):
     """An operation is not allowed in the instance's current state."""
 
 
+class OperationError(PinnaceError):
+    """A start, restart or reset ended with the VM not running; `status` is where it ended."""
+
+    def __init__(self, op: str, status: Status) -> None:
+        super().__init__(status.reason or status.state)
+        self.op, self.status = op, status
+
+
 class MonitorError(PinnaceError):
     """The QMP connection failed or a command was refused."""
 
@@ -65,5 +78,5 @@ class ForwardError(PinnaceError):
     """A socket or port forward could not be set up."""
 
 
-class ImageMissingError(PinnaceError):
-    """The guest image has not been built (or its manifest is unreadable)."""
+class EngineError(PinnaceError):
+    """The forwarded Docker engine could not be reached or refused a request."""

@@ -23,7 +23,9 @@ from typing import Any
 
 import paramiko
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import ForwardError
+from hypervisor.platform import NotPrivateError
 
 log = logging.getLogger(__name__)
 
@@ -319,17 +321,10 @@ class UnixSocketForwarder:
 
 def _prepare_private_dir(directory: Path) -> None:
     """The socket's directory must be ours and 0700: that, not the socket mode, is the real fence."""
-    if not directory.exists():
-        directory.mkdir(parents=True, mode=0o700)
-        os.chmod(directory, 0o700)
-        return
-    st = os.stat(directory)
-    if st.st_uid != os.getuid():
-        raise ForwardError(f"socket directory {directory} is not owned by the current user")
-    if st.st_mode & stat.S_ISVTX:
-        raise ForwardError(f"socket directory {directory} is a shared directory; use a private one")
-    if st.st_mode & 0o077:
-        os.chmod(directory, 0o700)
+    try:
+        host_platform.current().private_dir(directory)
+    except NotPrivateError as e:
+        raise ForwardError(f"socket directory {e}") from e
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -1,12 +1,13 @@
 """Windows: serve a named pipe (docker's npipe://) and relay each client over its own SSH channel.
 
-Import only on Windows (forward.py never imports this module). The pipe is created with an
-owner-only DACL, FILE_FLAG_FIRST_PIPE_INSTANCE (no squatting on an existing name) and
-PIPE_REJECT_REMOTE_CLIENTS. asyncio's ProactorEventLoop drives the overlapped pipe I/O; its public
-start_serving_pipe() cannot set a security descriptor, so `_serve_loop` reuses the same proactor
-calls it makes (`_proactor.accept_pipe`, `_make_duplex_pipe_transport`) with our own handle.
-Byte-mode pipes have no half-close: a client EOF means the client is gone, and a channel EOF
-closes the pipe after the buffered data is written.
+Import only on Windows (forward.py never imports this module; the Windows platform strategy hands
+out its forwarder). The pipe is created with an owner-only DACL (hypervisor.platform.windows),
+FILE_FLAG_FIRST_PIPE_INSTANCE (no squatting on an existing name) and PIPE_REJECT_REMOTE_CLIENTS.
+asyncio's ProactorEventLoop drives the overlapped pipe I/O; its public start_serving_pipe() cannot
+set a security descriptor, so `_serve_loop` reuses the same proactor calls it makes
+(`_proactor.accept_pipe`, `_make_duplex_pipe_transport`) with our own handle. Byte-mode pipes have
+no half-close: a client EOF means the client is gone, and a channel EOF closes the pipe after the
+buffered data is written.
 """
 
 from __future__ import annotations
@@ -14,103 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import re
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from hypervisor.errors import ForwardError, SettingsError
-from hypervisor.paths import PIPE_PREFIX, pipe_name
+from hypervisor import platform as host_platform
+from hypervisor.errors import ForwardError
+from hypervisor.platform import windows
+from hypervisor.platform.windows import PIPE_PREFIX, current_user_sid
 
 log = logging.getLogger(__name__)
 
-_SID_RE = re.compile(r"^S-1(-\d+){1,15}$")
 _HIGH_WATER = 1 << 20  # client bytes queued for the channel before we stop reading the pipe
 BUFFER_SIZE = 256 * 1024
 
 
-def pipe_path(instance: str) -> str:
-    r"""The engine pipe for an instance, e.g. \\.\pipe\pinnace-default: Paths.named_pipe("docker"),
-    which DOCKER_HOST, the docker context and the agent's forwarder all use."""
-    try:
-        return pipe_name(instance, "docker")
-    except SettingsError as e:
-        raise ForwardError(f"invalid instance name for a pipe: {instance!r}", e) from e
-
-
 def owner_only_sddl(sid: str, inherit: bool = False) -> str:
-    """A protected DACL granting GENERIC_ALL to exactly one SID (nothing inherited from above,
-    nobody else). `inherit` makes a directory pass it on to the files created inside it."""
-    if not _SID_RE.match(sid):
-        raise ForwardError(f"not a SID string: {sid!r}")
-    return f"D:P(A;{'OICI' if inherit else ''};GA;;;{sid})"
+    """The platform's owner-only DACL for `sid`; a malformed SID is a ForwardError here."""
+    try:
+        return windows.owner_only_sddl(sid, inherit)
+    except ValueError as e:
+        raise ForwardError(str(e)) from e
 
 
 # --- Win32 via ctypes (only ever called on Windows) ---------------------------------------------
-
-
-def current_user_sid() -> str:
-    """The SID string of the user owning this process token."""
-    import ctypes
-    from ctypes import wintypes
-
-    advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    token = wintypes.HANDLE()
-    TOKEN_QUERY, TOKEN_USER = 0x0008, 1  # noqa: N806 - Win32 names
-    if not advapi32.OpenProcessToken(kernel32.GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
-        raise ctypes.WinError(ctypes.get_last_error())
-    try:
-        size = wintypes.DWORD()
-        advapi32.GetTokenInformation(token, TOKEN_USER, None, 0, ctypes.byref(size))
-        buf = ctypes.create_string_buffer(size.value)
-        if not advapi32.GetTokenInformation(token, TOKEN_USER, buf, size, ctypes.byref(size)):
-            raise ctypes.WinError(ctypes.get_last_error())
-        psid = ctypes.cast(buf, ctypes.POINTER(ctypes.c_void_p))[0]  # TOKEN_USER.User.Sid
-        text = wintypes.LPWSTR()
-        if not advapi32.ConvertSidToStringSidW(ctypes.c_void_p(psid), ctypes.byref(text)):
-            raise ctypes.WinError(ctypes.get_last_error())
-        try:
-            return text.value or ""
-        finally:
-            kernel32.LocalFree(text)
-    finally:
-        kernel32.CloseHandle(token)
-
-
-def set_owner_only_acl(path: str, inherit: bool = False) -> None:
-    """Replace a file's or directory's DACL by owner_only_sddl(current user): Windows' 0600/0700.
-
-    chmod on Windows only toggles the read-only flag, so private keys need this instead.
-    """
-    import ctypes
-    from ctypes import wintypes
-
-    advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    SE_FILE_OBJECT, DACL_SECURITY_INFORMATION = 1, 0x00000004  # noqa: N806 - Win32 names
-    PROTECTED_DACL_SECURITY_INFORMATION = 0x80000000  # noqa: N806 - do not inherit the parent's ACEs
-    descriptor = ctypes.c_void_p()
-    if not advapi32.ConvertStringSecurityDescriptorToSecurityDescriptorW(
-        owner_only_sddl(current_user_sid(), inherit), 1, ctypes.byref(descriptor), None
-    ):
-        raise ctypes.WinError(ctypes.get_last_error())
-    try:
-        present, defaulted, dacl = wintypes.BOOL(), wintypes.BOOL(), ctypes.c_void_p()
-        if not advapi32.GetSecurityDescriptorDacl(descriptor, ctypes.byref(present), ctypes.byref(dacl),
-                                                  ctypes.byref(defaulted)):
-            raise ctypes.WinError(ctypes.get_last_error())
-        set_info = advapi32.SetNamedSecurityInfoW
-        set_info.argtypes = (wintypes.LPWSTR, ctypes.c_int, wintypes.DWORD, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_void_p)
-        set_info.restype = wintypes.DWORD  # the error code itself, not via GetLastError
-        error = set_info(str(path), SE_FILE_OBJECT, DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                         None, None, dacl, None)
-        if error:
-            raise ctypes.WinError(error)
-    finally:
-        kernel32.LocalFree(descriptor)
 
 
 def _create_pipe_instance(path: str, sddl: str, first: bool) -> int:
@@ -273,7 +201,7 @@ class NamedPipeForwarder:
             (self._relays.add if delta > 0 else self._relays.discard)(relay)
 
     def start(self) -> None:
-        if sys.platform != "win32":
+        if not host_platform.current().named_pipes:
             raise ForwardError("named pipes are only available on Windows")
         self._sddl = owner_only_sddl(current_user_sid())
         try:
@@ -399,7 +327,7 @@ async def start_pipe_server(
     """Serve `pipe_name` on the running loop (a ProactorEventLoop, Windows' default)."""
     if not pipe_name.startswith(PIPE_PREFIX):
         raise ForwardError(f"not a local pipe path: {pipe_name!r}")
-    if sys.platform != "win32":
+    if not host_platform.current().named_pipes:
         raise ForwardError("named pipes are only available on Windows")
     loop = asyncio.get_running_loop()
     if not hasattr(loop, "_proactor"):

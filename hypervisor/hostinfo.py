@@ -9,9 +9,9 @@ import logging
 import os
 import platform
 import subprocess
-import sys
 from collections.abc import Mapping
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,9 @@ ARCH_ENV = "PINNACE_ARCH"
 
 
 def host_os(plat: str | None = None) -> str:
-    """Normalise `sys.platform` to "linux", "darwin" or "windows" (other Unixes pass through)."""
-    plat = sys.platform if plat is None else plat
-    if plat.startswith("linux"):
-        return "linux"
-    if plat == "darwin":
-        return "darwin"
-    if plat in ("win32", "cygwin", "msys"):
-        return "windows"
-    return plat
+    """"linux", "darwin" or "windows" (other Unixes pass through): this host's, or `plat`'s (a
+    `sys.platform` value). The host's comes from the platform strategy, chosen once."""
+    return host_platform.current().os_name if plat is None else host_platform.normalise_os(plat)
 
 
 def host_arch(machine: str | None = None) -> str:
@@ -69,50 +63,10 @@ def cpu_count() -> int:
 def total_memory_mib() -> int:
     """Physical memory in MiB; 0 if it cannot be determined (callers treat 0 as "unknown")."""
     try:
-        if sys.platform.startswith("linux"):
-            return _linux_memory_mib()
-        if sys.platform == "darwin":
-            out = subprocess.run(
-                ["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout
-            return int(out.strip()) // (1024 * 1024)
-        if sys.platform == "win32":
-            return _windows_memory_mib()
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024)
+        return host_platform.current().total_memory_mib()
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         log.warning("could not determine host memory: %s", exc)
         return 0
-
-
-def _linux_memory_mib() -> int:
-    with open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    raise ValueError("MemTotal missing from /proc/meminfo")
-
-
-def _windows_memory_mib() -> int:
-    import ctypes
-
-    class _MemoryStatusEx(ctypes.Structure):
-        _fields_ = [
-            ("dwLength", ctypes.c_ulong),
-            ("dwMemoryLoad", ctypes.c_ulong),
-            ("ullTotalPhys", ctypes.c_ulonglong),
-            ("ullAvailPhys", ctypes.c_ulonglong),
-            ("ullTotalPageFile", ctypes.c_ulonglong),
-            ("ullAvailPageFile", ctypes.c_ulonglong),
-            ("ullTotalVirtual", ctypes.c_ulonglong),
-            ("ullAvailVirtual", ctypes.c_ulonglong),
-            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
-        ]
-
-    status = _MemoryStatusEx()
-    status.dwLength = ctypes.sizeof(_MemoryStatusEx)
-    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
-        raise OSError("GlobalMemoryStatusEx failed")
-    return int(status.ullTotalPhys) // (1024 * 1024)
 
 
 def current_uid() -> int | None:

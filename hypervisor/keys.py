@@ -8,14 +8,13 @@ can be pinned exactly (no trust-on-first-use). paramiko cannot generate ed25519 
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hypervisor import platform as host_platform
 
 log = logging.getLogger(__name__)
 
@@ -37,58 +36,15 @@ class InstanceKeys:
     host_public: str
 
 
-def _is_private(mode: int) -> bool:
-    return not mode & 0o077
-
-
-def _restrict(path: Path, mode: int, fd: int | None = None, directory: bool = False) -> None:
-    """chmod on POSIX; on Windows, where chmod only toggles read-only, an owner-only ACL for what
-    must be private (a key, its directory) and nothing for what may be public (a .pub file).
-
-    On Windows a failure is logged, not raised: the file keeps the ACL it inherited, which in the
-    default location (the user's profile) already excludes other users.
-    """
-    if sys.platform != "win32":
-        if fd is not None:
-            os.fchmod(fd, mode)
-        else:
-            os.chmod(path, mode)
-        return
-    if not _is_private(mode):
-        return
-    from hypervisor.forward_windows import set_owner_only_acl
-
-    try:
-        set_owner_only_acl(str(path), inherit=directory)
-    except OSError as exc:
-        log.warning("cannot restrict %s to its owner: %s", path, exc)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + rename so a crash never leaves a half-written key behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _restrict(Path(tmp), mode, fd)  # before the secret is written; the rename keeps it
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _write_atomic(path: Path, data: bytes, private: bool) -> None:
+    """Temp file + rename (a crash never leaves half a key); a private one is owner-only first."""
+    host_platform.current().write_atomic(path, data, private=private)
 
 
 def _ensure_private_dir(directory: Path, tighten_existing: bool = False) -> None:
-    """Create `directory` 0700; only tighten an existing one when it is ours (never e.g. /tmp)."""
-    if not directory.exists():
-        directory.mkdir(parents=True, mode=0o700)
-        _restrict(directory, 0o700, directory=True)  # mkdir's mode is filtered through the umask
-    elif tighten_existing and (sys.platform == "win32" or directory.stat().st_mode & 0o077):
-        _restrict(directory, 0o700, directory=True)
+    """Create `directory` private; only tighten an existing one when asked (never e.g. a parent
+    the caller chose), and then only if it is ours."""
+    host_platform.current().private_dir(directory, tighten=tighten_existing)
 
 
 def _public_openssh(key: Ed25519PrivateKey, comment: str) -> str:
@@ -108,8 +64,8 @@ def generate_keypair(private_path: Path, comment: str) -> str:
         serialization.NoEncryption(),
     )
     public = _public_openssh(key, comment)
-    _write_atomic(private_path, pem, 0o600)
-    _write_atomic(_pub_path(private_path), (public + "\n").encode("ascii"), 0o644)
+    _write_atomic(private_path, pem, private=True)
+    _write_atomic(_pub_path(private_path), (public + "\n").encode("ascii"), private=False)
     log.info("generated ed25519 key %s", private_path)
     return public
 
@@ -135,12 +91,11 @@ def authorized_keys_line(client_public: str) -> str:
 def _ensure_key(private_path: Path, comment: str) -> str:
     if not private_path.exists():
         return generate_keypair(private_path, comment)
-    if sys.platform == "win32" or private_path.stat().st_mode & 0o077:  # st_mode is no ACL on Windows
-        _restrict(private_path, 0o600)
+    host_platform.current().restrict(private_path)  # a key someone loosened is tightened again
     public = public_line(private_path, comment)
     pub = _pub_path(private_path)
     if not pub.exists() or pub.read_text(encoding="ascii").strip() != public:
-        _write_atomic(pub, (public + "\n").encode("ascii"), 0o644)
+        _write_atomic(pub, (public + "\n").encode("ascii"), private=False)
     return public
 
 

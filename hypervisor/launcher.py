@@ -10,17 +10,22 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from hypervisor import bootlog, process
+from hypervisor import platform as host_platform
 from hypervisor.control import ControlClient, Status
 from hypervisor.errors import ControlError
-from hypervisor.hostinfo import host_os
-from hypervisor.paths import Paths, npipe_url
+from hypervisor.paths import Paths
+from hypervisor.platform import Platform, for_os
 
 log = logging.getLogger(__name__)
 
+
+# Where following a boot ends: it came up, it failed, or it was stopped meanwhile.
+FINAL_STATES = frozenset({"running", "error", "stopped"})
 
 # windowed program -> its console twin in the same folder (a frozen build runs `-m hypervisor.agent`
 # through installers/macos/frozen_entry.py from either of its programs).
@@ -47,9 +52,13 @@ def agent_argv(paths: Paths, platform: str | None = None) -> list[str]:
     return [agent_python(sys.executable, platform), "-m", "hypervisor.agent", "--name", paths.instance]
 
 
+def _platform(os_name: str | None) -> Platform:
+    return for_os(os_name) if os_name else host_platform.current()
+
+
 def control_address(paths: Paths, os_name: str | None = None) -> Path | str:
     """The agent's control endpoint: its unix socket, or its named pipe on Windows."""
-    return paths.named_pipe("control") if (os_name or host_os()) == "windows" else paths.control_socket
+    return _platform(os_name).control_endpoint(paths)
 
 
 def client(paths: Paths, timeout: float = 5.0) -> ControlClient:
@@ -114,11 +123,16 @@ def current_status(paths: Paths, adopt_timeout: float = 120.0) -> Status:
         pass
     if qemu_running(paths):
         log.info("QEMU is running without an agent: re-adopting it")
-        return wait_for(ensure_agent(paths), {"running", "error", "stopped"}, timeout=adopt_timeout)
+        return wait_for(ensure_agent(paths), FINAL_STATES, timeout=adopt_timeout)
     return last_status(paths)
 
 
-def wait_for(control: ControlClient, states: set[str], on_update=None, timeout: float = 600.0) -> Status:  # noqa: ANN001
+class Watchable(Protocol):
+    def watch(self, timeout: float | None = None) -> Iterator[Status]: ...
+
+
+def wait_for(control: Watchable, states: set[str] | frozenset[str],
+             on_update: Callable[[Status], None] | None = None, timeout: float = 600.0) -> Status:
     """Follow the agent's status stream until a state in `states` (or the stream ends)."""
     last: Status | None = None
     deadline = time.monotonic() + timeout
@@ -135,14 +149,9 @@ def wait_for(control: ControlClient, states: set[str], on_update=None, timeout: 
 
 def engine_address(paths: Paths, os_name: str | None = None) -> Path | str:
     """Where the forwarded engine listens: its unix socket, or its named pipe on Windows."""
-    return paths.named_pipe("docker") if (os_name or host_os()) == "windows" else paths.docker_socket
+    return _platform(os_name).engine_endpoint(paths)
 
 
 def docker_host(paths: Paths, os_name: str | None = None) -> str:
     """DOCKER_HOST for the instance: unix://<socket>, or npipe:////./pipe/pinnace-<instance> on Windows."""
-    address = engine_address(paths, os_name)
-    return npipe_url(address) if isinstance(address, str) else f"unix://{address}"
-
-
-def socket_exists(path: Path) -> bool:
-    return path.is_socket()
+    return _platform(os_name).docker_host(paths)

@@ -1,4 +1,4 @@
-"""A thin wrapper over qemu.qmp's QMPClient: connect with retry, status, powerdown, quit,
+"""A thin wrapper over qemu.qmp's QMPClient: connect with retry, powerdown, quit,
 human-monitor commands (hostfwd), and the event stream that drives the lifecycle."""
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ class Monitor:
             raise MonitorError(f"QMP {command} refused", exc) from exc
         except (QMPError, OSError, EOFError) as exc:
             raise MonitorError(f"QMP {command} failed", exc) from exc
-
-    async def status(self) -> str:
-        result = await self.execute("query-status")
-        return str(result.get("status", "unknown")) if isinstance(result, dict) else "unknown"
 
     async def powerdown(self) -> None:
         await self.execute("system_powerdown")

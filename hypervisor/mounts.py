@@ -12,9 +12,14 @@ Two transports (setting `share_transport` = auto | 9p | virtiofs):
   allows shared writable mmap (sqlite, etc.). Read-only: QEMU's `readonly=on` and a guest `ro` mount.
 - virtiofs (`vhost-user-fs-pci` + one virtiofsd per share, hypervisor/virtiofsd.py), Linux hosts
   only: vhost-user needs the guest RAM in a shared memfd (`memory-backend-memfd,share=on`, see
-  spec.memory_argv). virtiofsd runs with cache=auto: file data is re-read at every open (close-to-
-  open, as NFS), names and attributes are cached in the guest for 1 s, and shared writable mmap
-  works. Read-only: enforced on the host by virtiofsd's side and by a guest `ro` mount.
+  spec.memory_argv). virtiofsd runs "coherent" (virtiofsd.CACHE): file data is re-read at every
+  open (close-to-open, as NFS), no name or attribute is cached in the guest (the C daemon's
+  cache=auto with timeout=0; the Rust daemon's --cache=never --allow-mmap), and shared writable
+  mmap works. Read-only: enforced on the host by virtiofsd's side and by a guest `ro` mount.
+
+  Why not plain cache=auto, as first measured below: it keeps attributes, the file size among
+  them, for 1 s, so a file the host had just appended to read back cut off at its old length in a
+  running container for that second (a dev server reading a file its editor just saved).
 
 Measured (tests/benchmarks/bench_ports_mounts.py; 2-core dev machine, TCG, QEMU 7.2 and its C
 virtiofsd run as root; one VM sharing a folder under $HOME over each transport, a container over
@@ -91,12 +96,15 @@ def supported(host_os: str) -> bool:
     return host_os in ("linux", "darwin")
 
 
-def choose_transport(setting: str, host_os: str, virtiofs_problem: str | None) -> tuple[str, str]:
+def choose_transport(setting: str, host_os: str, virtiofs_problem: str | None,
+                     virtiofs_caveat: str | None = None) -> tuple[str, str]:
     """(transport, why) for the `share_transport` setting.
 
-    `virtiofs_problem` is None when a usable virtiofsd was found, else why not (virtiofsd.locate).
-    "auto" takes AUTO_LINUX on Linux when it is usable and 9p otherwise; an explicit "virtiofs"
-    that cannot work raises instead of silently sharing over something else.
+    `virtiofs_problem` is None when a usable virtiofsd was found, else why not (virtiofsd.locate);
+    `virtiofs_caveat` is what works on 9p but not on that daemon (virtiofsd.shared_mmap_problem).
+    "auto" takes AUTO_LINUX on Linux when it is usable without a caveat and 9p otherwise; an
+    explicit "virtiofs" that cannot work raises instead of silently sharing over something else,
+    and one with a caveat says so in its reason.
     """
     if setting == "9p":
         return "9p", "share_transport = 9p"
@@ -106,11 +114,13 @@ def choose_transport(setting: str, host_os: str, virtiofs_problem: str | None) -
         if virtiofs_problem:
             raise MachineError(f"share_transport = virtiofs: {virtiofs_problem} "
                                f"(or set share_transport to auto or 9p)")
-        return "virtiofs", "share_transport = virtiofs"
+        return "virtiofs", "share_transport = virtiofs" + (f" ({virtiofs_caveat})" if virtiofs_caveat else "")
     if host_os != "linux":
         return "9p", f"auto: 9p on {host_os} (virtiofs needs a Linux host)"
     if AUTO_LINUX == "virtiofs" and virtiofs_problem:
         return "9p", f"auto: 9p because virtiofs is unavailable: {virtiofs_problem}"
+    if AUTO_LINUX == "virtiofs" and virtiofs_caveat:
+        return "9p", f"auto: 9p because {virtiofs_caveat}"
     return AUTO_LINUX, f"auto: {AUTO_LINUX}, the faster transport measured on Linux"
 
 
@@ -153,11 +163,6 @@ def plan(shares: Iterable[Share], host_os: str, is_dir=os.path.isdir,  # noqa: A
     return [GuestShare(f"{TAG_PREFIX}{i}", path, chosen[path], transport) for i, path in enumerate(ordered)]
 
 
-def qemu_escape(value: str) -> str:
-    """QEMU option values use ',' as separator; a literal comma is written ',,' (as spec.qemu_escape)."""
-    return value.replace(",", ",,")
-
-
 def needs_shared_memory(shares: Iterable[GuestShare]) -> bool:
     """vhost-user-fs needs the guest RAM in a shared memory object (virtiofsd maps it)."""
     return any(s.transport == "virtiofs" for s in shares)
@@ -173,6 +178,8 @@ def share_argv(shares: Iterable[GuestShare], socket_dir: Path | None = None) -> 
     """Per share: `-fsdev` + `-device virtio-9p-pci` (9p), or `-chardev socket` to its virtiofsd
     (in `socket_dir`) + `-device vhost-user-fs-pci` (virtiofs). The shared guest memory that
     virtiofs also needs is spec.build_argv's (see needs_shared_memory)."""
+    from hypervisor.spec import qemu_escape  # noqa: PLC0415 - spec imports this module: not at import time
+
     argv: list[str] = []
     for i, share in enumerate(shares):
         if share.transport == "virtiofs":

@@ -10,8 +10,6 @@ import hashlib
 import logging
 import os
 import re
-import stat
-import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -20,9 +18,12 @@ from pathlib import Path
 
 import platformdirs
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import SettingsError
 from hypervisor.hostinfo import current_uid
-from hypervisor.hostinfo import host_os as detect_host_os
+from hypervisor.platform import NotPrivateError
+from hypervisor.platform.windows import PIPE_PREFIX
+from hypervisor.platform.windows import npipe_url as npipe_url  # re-exported: the pipe syntax is Windows'
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,11 @@ APP_NAME = "pinnace"
 HOME_ENV = "PINNACE_HOME"
 INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PIPE_KINDS = ("docker", "control")
-PIPE_PREFIX = "\\\\.\\pipe\\"
 
 
 def unix_path_max(plat: str | None = None) -> int:
     """Size of `sockaddr_un.sun_path` (including the NUL): 108 on Linux, 104 on macOS and the BSDs."""
-    plat = sys.platform if plat is None else plat
-    return 108 if plat.startswith("linux") or plat in ("win32", "cygwin") else 104
+    return (host_platform.current() if plat is None else host_platform.for_os(plat)).unix_path_max
 
 
 UNIX_PATH_MAX = unix_path_max()
@@ -63,13 +62,6 @@ def pipe_name(instance: str, kind: str) -> str:
     raise ValueError(f"unknown pipe kind {kind!r}; expected one of {PIPE_KINDS}")
 
 
-def npipe_url(pipe: str) -> str:
-    r"""docker's form of a pipe name: \\.\pipe\x -> npipe:////./pipe/x (DOCKER_HOST, contexts)."""
-    if not pipe.startswith(PIPE_PREFIX):
-        raise ValueError(f"not a local pipe name: {pipe!r}")
-    return "npipe://" + pipe.replace("\\", "/")
-
-
 @dataclass(frozen=True)
 class BaseDirs:
     """The per-user application directories; injectable so tests can fake any OS."""
@@ -85,7 +77,7 @@ class BaseDirs:
     def detect(cls, os_name: str) -> BaseDirs:
         dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
         runtime: Path | None = None
-        if os_name == "linux":
+        if host_platform.for_os(os_name).has_runtime_dir:
             with warnings.catch_warnings():
                 # Without XDG_RUNTIME_DIR platformdirs warns and falls back to /tmp/runtime-<uid>;
                 # ensure_dirs() makes that private, so the warning is only noise.
@@ -131,7 +123,7 @@ class Paths:
         """Compute (not create) the layout; keyword arguments exist so tests can fake the host."""
         validate_instance_name(name)
         env = os.environ if env is None else env
-        os_name = host_os or detect_host_os()
+        os_name = host_os or host_platform.current().os_name
         uid = current_uid() if uid is None else uid
         short_root = Path(temp_dir or tempfile.gettempdir()) / f"pinnace-{uid if uid is not None else 'user'}"
         limit = path_max if path_max is not None else UNIX_PATH_MAX
@@ -287,16 +279,10 @@ class Paths:
 
 
 def _make_private_dir(directory: Path, shared_parent: bool = False) -> None:
-    """mkdir 0700 + chmod; in a shared temp dir also refuse symlinks someone else planted."""
+    """The platform's private directory; in a shared temp dir also refuse symlinks someone planted."""
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.lstat() if shared_parent else directory.stat()
-        if stat.S_ISLNK(info.st_mode):
-            raise SettingsError(f"{directory} is a symlink; refusing to use it for private sockets")
-        uid = current_uid()
-        if uid is not None and info.st_uid != uid:
-            raise SettingsError(f"{directory} is owned by uid {info.st_uid}, not by you (uid {uid})")
-        if os.name == "posix":
-            os.chmod(directory, 0o700)
+        host_platform.current().private_dir(directory, refuse_symlink=shared_parent)
+    except NotPrivateError as exc:
+        raise SettingsError(str(exc)) from exc
     except OSError as exc:
         raise SettingsError(f"cannot create directory {directory}", exc) from exc

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import ntpath
-import posixpath
 import re
 import subprocess
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypervisor.errors import QemuNotFoundError, QemuVersionError
+from hypervisor.platform import for_os
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def _search_dirs(host_os: str, env: Mapping[str, str]) -> list[str]:
 
 
 def _join(host_os: str, directory: str, name: str) -> Path:
-    if host_os == "windows":
-        return Path(ntpath.join(directory, name + ".exe"))
-    return Path(posixpath.join(directory, name))
+    return for_os(host_os).executable(directory, name)
 
 
 def _find(

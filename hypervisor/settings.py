@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import SettingsError
 from hypervisor.hostinfo import cpu_count, host_os, total_memory_mib
 
@@ -334,20 +333,10 @@ def save(
         validate_static(settings, current_disk_gib)
     path = Path(path)
     text = to_toml(settings)
+    plat = host_platform.current()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        plat.private_dir(path.parent, tighten=False)
+        plat.write_atomic(path, text.encode("utf-8"), private=True)
     except OSError as exc:
-        raise SettingsError(f"{path}: cannot write", exc) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), 0o600)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise SettingsError(f"{path}: cannot write", exc) from exc
     log.info("saved settings to %s", path)

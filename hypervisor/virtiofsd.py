@@ -52,12 +52,17 @@ PROBE_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 3.0
 # Printed by both daemons once they wait on the vhost-user socket.
 READY_LINE = "Waiting for vhost-user socket connection"
-# Guest caching (our names are the C daemon's; Rust calls "none" "never"). auto: file data is
-# re-read after every open (close-to-open, as NFS), attributes and names are cached for 1 s, and
-# shared writable mmap works (sqlite WAL, LMDB...). none would be fully coherent but refuses shared
-# mmap (ENODEV: the C daemon predates FUSE_DIRECT_IO_ALLOW_MMAP) and is slower for small files;
-# see hypervisor/mounts.py for the figures.
-CACHE = "auto"
+# Guest caching. Our names: "coherent" (the default), and the daemons' own "auto" and "none" (Rust
+# calls it "never"), kept for the shares benchmark. What a container reads must be what the host
+# wrote, whole, on its next open: "auto" lets the guest keep names and attributes (the file size
+# among them) for 1 s, so a file the host had just grown read back cut off at its old length for
+# that second. "coherent" keeps auto's page cache for data (re-read at every open, as NFS's
+# close-to-open) and shared writable mmap (sqlite's WAL, LMDB...) but caches no attribute or name
+# (C daemon: -o timeout=0); the Rust daemon has no timeout option, so there it is --cache=never,
+# with --allow-mmap where the daemon has it (>= 1.11; older ones refuse MAP_SHARED: ENODEV).
+# The figures behind the choice are in hypervisor/mounts.py.
+CACHE = "coherent"
+CACHES = ("coherent", "auto", "none")
 
 Which = Callable[[str], "str | None"]
 IsFile = Callable[[Path], bool]
@@ -71,6 +76,7 @@ class Daemon:
     path: Path
     flavour: str  # "rust" | "c"
     readonly: bool = False  # has --readonly (Rust >= 1.11)
+    allow_mmap: bool = False  # has --allow-mmap (Rust >= 1.11): shared mmap with --cache=never
 
 
 def candidates(env: Mapping[str, str], which: Which, is_file: IsFile) -> list[Path]:
@@ -89,7 +95,7 @@ def candidates(env: Mapping[str, str], which: Which, is_file: IsFile) -> list[Pa
 def parse_help(path: Path, text: str) -> Daemon:
     """Tell the daemons apart by their --help: the Rust one has --shared-dir, the C one -o source."""
     if "--shared-dir" in text:
-        return Daemon(path, "rust", readonly="--readonly" in text)
+        return Daemon(path, "rust", readonly="--readonly" in text, allow_mmap="--allow-mmap" in text)
     if "source=" in text or "-o cache=" in text:
         return Daemon(path, "c")
     raise MachineError(f"{path}: does not look like virtiofsd (its --help names neither --shared-dir nor source=)")
@@ -163,18 +169,40 @@ def c_option_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
+def cache_argv(daemon: Daemon, cache: str = CACHE) -> list[str]:
+    """The daemon's caching options for one of CACHES (see CACHE)."""
+    if cache not in CACHES:
+        raise ValueError(f"unknown virtiofs cache mode {cache!r}")
+    if daemon.flavour == "rust":
+        if cache == "auto":
+            return ["--cache=auto"]
+        return ["--cache=never"] + (["--allow-mmap"] if daemon.allow_mmap else [])
+    if cache == "coherent":
+        return ["-o", "cache=auto", "-o", "timeout=0"]
+    return ["-o", f"cache={cache}"]
+
+
+def shared_mmap_problem(daemon: Daemon, cache: str = CACHE) -> str | None:
+    """Why files on this daemon's shares cannot be mapped MAP_SHARED, or None."""
+    if cache == "auto" or (daemon.flavour == "c" and cache == "coherent"):
+        return None
+    if daemon.flavour == "rust" and daemon.allow_mmap:
+        return None
+    return (f"{daemon.path} without page cache refuses shared writable mmap (sqlite WAL, LMDB); "
+            f"the Rust virtiofsd >= 1.11 (--allow-mmap) or 9p keep it")
+
+
 def daemon_argv(daemon: Daemon, share: GuestShare, fd: int, euid: int, cache: str = CACHE) -> list[str]:
     """The daemon for one share, serving the listening socket `fd` it inherits."""
     path = str(daemon.path)
     if daemon.flavour == "rust":
-        argv = [path, f"--fd={fd}", f"--shared-dir={share.path}",
-                f"--cache={'never' if cache == 'none' else cache}"]
+        argv = [path, f"--fd={fd}", f"--shared-dir={share.path}", *cache_argv(daemon, cache)]
         if euid != 0:
             argv.append("--sandbox=none")  # namespaces need root (or subordinate uid maps)
         if share.read_only and daemon.readonly:
             argv.append("--readonly")
         return argv
-    return [path, f"--fd={fd}", "-o", f"source={c_option_escape(share.path)}", "-o", f"cache={cache}"]
+    return [path, f"--fd={fd}", "-o", f"source={c_option_escape(share.path)}", *cache_argv(daemon, cache)]
 
 
 # Bind the folder read-only onto itself in a new mount namespace, then exec the daemon there; its

@@ -1,8 +1,10 @@
 """Build the guest kernel from Debian's linux-source package with a committed config fragment.
 
 The fragment is applied on top of `make tinyconfig`; every line of it must survive
-`olddefconfig` (a silently dropped option is an error). Builds are cached by a hash of their
-inputs, so only a changed source, fragment or toolchain recompiles.
+`olddefconfig` (a silently dropped option is an error). Our own built-in code (EXTRA_SOURCES: the
+replay of host file changes as fsnotify events, vmimage/kernel/pinnace_fsnotify.c) is copied into
+the tree and linked in. Builds are cached by a hash of their inputs, so only a changed source,
+fragment, extra source or toolchain recompiles.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ BUILDER_VERSION = "1"
 KERNEL_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
 KERNEL_TARGET = {"x86_64": ("bzImage", "arch/x86/boot/bzImage"), "aarch64": ("Image.gz", "arch/arm64/boot/Image.gz")}
 CROSS_COMPILE = {"aarch64": "aarch64-linux-gnu-", "x86_64": "x86_64-linux-gnu-"}
+# tree path -> (our file, the Makefile line that builds it in)
+EXTRA_SOURCES = {
+    "fs/notify/pinnace_fsnotify.c": (Path(__file__).parent / "kernel" / "pinnace_fsnotify.c",
+                                     "obj-y += pinnace_fsnotify.o"),
+}
 REPRODUCIBLE_ENV = {
     "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 1970",
     "KBUILD_BUILD_USER": "pinnace",
@@ -57,12 +64,31 @@ def config_mismatches(fragment: str, config: str) -> list[str]:
     return [f"{k}={v} (got {have.get(k, 'unset')})" for k, v in wanted.items() if have.get(k, "n") != v]
 
 
-def cache_key(source_sha256: str, fragment: bytes, arch: str, toolchain: str) -> str:
+def cache_key(source_sha256: str, fragment: bytes, arch: str, toolchain: str, extra: bytes = b"") -> str:
     h = hashlib.sha256()
     for part in (BUILDER_VERSION, source_sha256, arch, toolchain):
         h.update(part.encode() + b"\0")
     h.update(fragment)
+    h.update(extra)
     return h.hexdigest()[:24]
+
+
+def extra_sources_digest() -> bytes:
+    """What EXTRA_SOURCES contribute to the cache key: each tree path, Makefile line and content."""
+    h = hashlib.sha256()
+    for target, (source, make_line) in sorted(EXTRA_SOURCES.items()):
+        h.update(f"{target}\0{make_line}\0".encode() + source.read_bytes())
+    return h.digest()
+
+
+def add_extra_sources(tree: Path) -> None:
+    """Copy EXTRA_SOURCES into the tree and add each one's line to its directory's Makefile once."""
+    for target, (source, make_line) in EXTRA_SOURCES.items():
+        shutil.copyfile(source, tree / target)
+        makefile = tree / Path(target).parent / "Makefile"
+        text = makefile.read_text()
+        if make_line not in text.splitlines():
+            makefile.write_text(text.rstrip("\n") + "\n" + make_line + "\n")
 
 
 def cross_prefix(arch: str, host_machine: str) -> str:
@@ -85,7 +111,7 @@ class KernelBuilder:
 
     def build(self, source_deb: Path, source_sha256: str, fragment: Path, arch: str) -> KernelBuild:
         prefix = cross_prefix(arch, os.uname().machine)
-        key = cache_key(source_sha256, fragment.read_bytes(), arch, toolchain_id(prefix))
+        key = cache_key(source_sha256, fragment.read_bytes(), arch, toolchain_id(prefix), extra_sources_digest())
         done = self.cache_dir / "kernels" / key
         image_name = KERNEL_TARGET[arch][0]
         if (done / image_name).is_file() and (done / "release").is_file():
@@ -93,6 +119,7 @@ class KernelBuilder:
             return KernelBuild(done / image_name, done / "config", (done / "release").read_text().strip())
 
         tree = self._source_tree(source_deb, source_sha256, arch)
+        add_extra_sources(tree)
         make = ["make", "-C", str(tree), f"ARCH={KERNEL_ARCH[arch]}"]
         if prefix:
             make.append(f"CROSS_COMPILE={prefix}")

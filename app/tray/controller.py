@@ -1,48 +1,39 @@
 """The tray's model of one instance: latest status, lifecycle operations, unexpected-change notices.
 
-Every agent call runs through `run_task`, so the GUI thread never blocks on the agent.
+The operations are hypervisor.operations' (the CLI's own); every one runs through `run_task`, so the
+GUI thread never blocks on the agent.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, Signal
 
 from app.tray import notices
 from app.tray.status_text import one_line
 from app.tray.tasks import run_task
-from app.tray.watcher import StatusWatcher, last_words
-from hypervisor.control import ControlClient, Status
+from app.tray.watcher import StatusWatcher
+from hypervisor import launcher, operations
+from hypervisor.control import Status
+from hypervisor.operations import Client, SettingsChange
 from hypervisor.paths import Paths
 
 log = logging.getLogger(__name__)
 
-TIMEOUTS = {"stop": 180.0, "restart": 600.0, "reset": 600.0}
 
+class TrayAgents(operations.Agents):
+    """The operations' way to the agent, through the controller's client factory (tests pass fakes)."""
 
-class Client(Protocol):
-    def status(self) -> Status: ...
-    def call(self, op: str, timeout: float | None = None) -> dict[str, Any]: ...
-    def is_alive(self) -> bool: ...
+    def __init__(self, factory: Callable[[], Client], ensure_agent: Callable[[Paths], Client]) -> None:
+        self._factory, self._ensure_agent = factory, ensure_agent
 
+    def client(self, paths: Paths) -> Client:
+        return self._factory()
 
-def last_status(paths: Paths) -> Status | None:
-    """The launcher's reading of state.json (corrected for a dead QEMU); our own if it is absent."""
-    try:
-        from hypervisor.launcher import last_status as launcher_last_status
-    except ImportError:
-        return last_words(paths.state_file, paths.instance)
-    return launcher_last_status(paths)
-
-
-def default_ensure_agent(paths: Paths) -> Client:
-    """Same code path as `pinnace start`: spawn the detached agent if needed."""
-    from hypervisor.launcher import ensure_agent
-
-    return ensure_agent(paths)
+    def ensure_agent(self, paths: Paths) -> Client:
+        return self._ensure_agent(paths)
 
 
 class InstanceController(QObject):
@@ -56,22 +47,20 @@ class InstanceController(QObject):
         self,
         paths: Paths,
         client_factory: Callable[[], Client] | None = None,
-        ensure_agent: Callable[[Paths], Client] = default_ensure_agent,
+        ensure_agent: Callable[[Paths], Client] = launcher.ensure_agent,
         watch: bool = True,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.paths = paths
-        from hypervisor.launcher import control_address
-
-        self._factory = client_factory or (lambda: ControlClient(control_address(paths)))
-        self._ensure_agent = ensure_agent
+        self._factory: Callable[[], Client] = client_factory or (lambda: launcher.client(paths))
+        self.agents = TrayAgents(self._factory, ensure_agent)
         self.status: Status | None = None
         self.expected: str | None = None
         self.busy_op: str | None = None
         self.watcher: StatusWatcher | None = None
         if watch:
-            self.watcher = StatusWatcher(self._factory, lambda: last_status(paths), parent=self)
+            self.watcher = StatusWatcher(self._factory, lambda: launcher.last_status(paths), parent=self)
             self.watcher.status.connect(self._on_status)
 
     # --- state ----------------------------------------------------------------------------------
@@ -111,32 +100,21 @@ class InstanceController(QObject):
 
     # --- operations -----------------------------------------------------------------------------
 
+    # Each one is the hypervisor.operations function the CLI calls too, run off the GUI thread.
+
     def start(self) -> None:
-        self._run("start", self._do_start)
+        """Returns once an agent boots the VM: the watcher follows the boot (Stop stays offered)."""
+        self._run("start", lambda: operations.start(self.paths, wait=False, agents=self.agents))
 
     def stop(self, then: Callable[[], None] | None = None) -> None:
-        self._run("stop", lambda: self._factory().call("stop", timeout=TIMEOUTS["stop"]), then)
+        self._run("stop", lambda: operations.stop(self.paths, agents=self.agents), then)
 
-    def restart(self) -> None:
-        self._run("restart", lambda: self._factory().call("restart", timeout=TIMEOUTS["restart"]))
+    def restart(self, change: SettingsChange | None = None) -> None:
+        """`change`: settings saved for this restart, put back if the VM does not come up with them."""
+        self._run("restart", lambda: operations.restart(self.paths, change, agents=self.agents))
 
     def reset(self) -> None:
-        self._run("reset", self._do_reset)
-
-    def _do_start(self) -> object:
-        client = self._factory()
-        if client.is_alive():
-            # An agent that is alive but not running (error/stopped) restarts its VM.
-            if client.status().state in ("error", "stopped"):
-                return client.call("restart", timeout=TIMEOUTS["restart"])
-            return None
-        return self._ensure_agent(self.paths)
-
-    def _do_reset(self) -> object:
-        client = self._factory()
-        if not client.is_alive():
-            client = self._ensure_agent(self.paths)
-        return client.call("reset", timeout=TIMEOUTS["reset"])
+        self._run("reset", lambda: operations.reset(self.paths, agents=self.agents))
 
     def _run(self, op: str, fn: Callable[[], object], then: Callable[[], None] | None = None) -> None:
         if self.busy:

@@ -27,12 +27,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.tray import engine
-from app.tray.dashboard_model import ContainerRow, ImageRow, prune_text
-from app.tray.engine import EngineSnapshot
+from app.tray.dashboard_model import ContainerRow, EngineSnapshot, ImageRow, prune_text, read_snapshot
 from app.tray.status_text import size_text
 from app.tray.streams import StreamReader
 from app.tray.tasks import run_task
+from hypervisor import engine
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +153,7 @@ class Dashboard(QWidget):
         self.refresh()
 
     def _open_events(self) -> Any:
-        client = engine.connect(self.docker_socket, timeout=None)  # the events stream idles for long
-        return client.events(decode=True)
+        return engine.events(self.docker_socket)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.disconnect_engine()
@@ -178,7 +176,7 @@ class Dashboard(QWidget):
             self._refresh_again = True
             return
         self._refreshing = True
-        run_task(lambda: engine.snapshot(self.docker_socket), self, self._on_snapshot, self._on_error)
+        run_task(lambda: read_snapshot(self.docker_socket), self, self._on_snapshot, self._on_error)
 
     def _refresh_done(self) -> None:
         self._refreshing = False
@@ -279,11 +277,9 @@ class Dashboard(QWidget):
         self.log_title.setText(f"Logs: {name} (following)")
         self._log_container = container_id
 
-        def open_stream() -> Any:
-            client = engine.connect(self.docker_socket, timeout=None)
-            return client.api.logs(container_id, stream=True, follow=True, tail=LOG_TAIL)
-
-        self._logs = StreamReader(open_stream, name="container-logs", parent=self)
+        address = self.docker_socket
+        self._logs = StreamReader(lambda: engine.logs(address, container_id, LOG_TAIL), name="container-logs",
+                                  parent=self)
         self._logs.item.connect(self._append_log)
         self._logs.ended.connect(lambda reason: self.log_title.setText(f"Logs: {name} ({reason})"))
         self._logs.start()

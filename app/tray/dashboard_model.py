@@ -1,15 +1,18 @@
 """Rows for the dashboard tables, built from the engine's low-level list answers.
 
-Pure so the formatting (ports, uptime, sizes) is tested without an engine or widgets.
+The formatting (ports, uptime, sizes) is pure, so it is tested without an engine or widgets;
+`read_snapshot` is the one function here that asks the engine (hypervisor.engine).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.tray.status_text import size_text
+from hypervisor import engine
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def duration_text(seconds: float) -> str:
 
 
 def container_row(c: dict[str, Any]) -> ContainerRow:
-    """One entry of `APIClient.containers(all=True)`; uptime is the engine's own Status text."""
+    """One entry of GET /containers/json?all=1; uptime is the engine's own Status text."""
     names = c.get("Names") or []
     name = names[0].lstrip("/") if names else c.get("Id", "")[:12]
     state = c.get("State") or "unknown"
@@ -77,7 +80,7 @@ def container_row(c: dict[str, Any]) -> ContainerRow:
 
 
 def image_row(i: dict[str, Any], now: float | None = None) -> ImageRow:
-    """One entry of `APIClient.images()`."""
+    """One entry of GET /images/json."""
     tags = [t for t in (i.get("RepoTags") or []) if t != "<none>:<none>"]
     size = int(i.get("Size") or 0)
     created = i.get("Created")
@@ -96,3 +99,17 @@ def prune_text(report: dict[str, Any]) -> str:
     deleted = report.get("ImagesDeleted") or []
     reclaimed = int(report.get("SpaceReclaimed") or 0)
     return f"Removed {len(deleted)} image layer(s), reclaimed {size_text(reclaimed)}."
+
+
+@dataclass
+class EngineSnapshot:
+    containers: list[ContainerRow] = field(default_factory=list)
+    images: list[ImageRow] = field(default_factory=list)
+
+
+def read_snapshot(docker_socket: str | Path) -> EngineSnapshot:
+    """Both tables' rows from the engine (blocking: run it off the GUI thread); EngineError if unavailable."""
+    containers = sorted((container_row(c) for c in engine.containers(docker_socket)),
+                        key=lambda r: (not r.running, r.name))
+    images = sorted((image_row(i) for i in engine.images(docker_socket)), key=lambda r: r.tags)
+    return EngineSnapshot(containers, images)

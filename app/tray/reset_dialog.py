@@ -1,6 +1,7 @@
 """Reset VM…: confirm with exactly what is deleted, then show progress until the engine is back.
 
-The engine's df() is read off the GUI thread; the dialog opens at once with a placeholder.
+What a reset deletes (operations.reset_preview, as `pinnace reset` shows it) is read off the GUI
+thread; the dialog opens at once with a placeholder.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.tray import engine
 from app.tray.controller import InstanceController
-from app.tray.reset_summary import ResetSummary, summary_text
+from app.tray.reset_summary import summary_text
 from app.tray.status_text import status_line
 from app.tray.tasks import run_task
+from hypervisor import operations
 from hypervisor.control import Status
+from hypervisor.engine import EngineUsage
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,9 @@ def progress_text(status: Status | None) -> str:
 
 
 class ResetDialog(QDialog):
-    def __init__(
-        self, controller: InstanceController, docker_socket: str, parent: QWidget | None = None
-    ) -> None:
+    def __init__(self, controller: InstanceController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.controller, self.docker_socket = controller, docker_socket
+        self.controller = controller
         self.setWindowTitle("Reset Pinnace VM")
         self.setMinimumWidth(460)
         self.pages = QStackedWidget(self)
@@ -84,17 +84,19 @@ class ResetDialog(QDialog):
         p_layout.addWidget(self.close_button, alignment=Qt.AlignmentFlag.AlignRight)
         self.pages.addWidget(progress)
 
-        self.summary: ResetSummary | None = None
+        self.summary: EngineUsage | None = None
         self._reset_finished = False
-        run_task(lambda: engine.system_df(self.docker_socket), self, self._show_df, self._show_df_error)
+        status = controller.status
+        run_task(lambda: operations.reset_preview(controller.paths, status), self, self._show_preview,
+                 self._show_preview_error)
 
-    def _show_df(self, df: object) -> None:
-        self.summary = ResetSummary.from_df(df) if isinstance(df, dict) else None
+    def _show_preview(self, preview: object) -> None:
+        self.summary = preview.engine if isinstance(preview, operations.ResetPreview) else None
         self.summary_label.setText(summary_text(self.summary))
 
-    def _show_df_error(self, exc: BaseException) -> None:
-        log.info("df failed: %s", exc)
-        self._show_df(None)
+    def _show_preview_error(self, exc: BaseException) -> None:
+        log.info("reset preview failed: %s", exc)
+        self._show_preview(None)
 
     def confirm(self) -> None:
         self.pages.setCurrentIndex(1)

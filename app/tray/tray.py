@@ -24,7 +24,7 @@ from app.tray.quit_dialog import QuitDialog
 from app.tray.reset_dialog import ResetDialog
 from app.tray.settings_dialog import SettingsDialog
 from app.tray.status_text import context_command, docker_host, tooltip
-from hypervisor import launcher
+from hypervisor import launcher, operations
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
 from hypervisor.errors import PinnaceError
@@ -79,9 +79,10 @@ class TrayApp(QObject):
         if hints is not None:
             hints.colorSchemeChanged.connect(lambda _s: self._update_icon())
         self.handlers: dict[Action, Callable[[], None]] = {
-            Action.START: controller.start,
-            Action.STOP: controller.stop,
-            Action.RESTART: controller.restart,
+            # lambdas: QAction.triggered passes `checked`, which stop/restart would take as an argument
+            Action.START: lambda: controller.start(),
+            Action.STOP: lambda: controller.stop(),
+            Action.RESTART: lambda: controller.restart(),
             Action.RESET: self.open_reset,
             Action.SETTINGS: self.open_settings,
             Action.DASHBOARD: self.open_dashboard,
@@ -213,7 +214,7 @@ class TrayApp(QObject):
         if self.reset_dialog is not None and self.reset_dialog.isVisible():
             self.reset_dialog.raise_()
             return self.reset_dialog
-        self.reset_dialog = ResetDialog(self.controller, self.docker_socket)
+        self.reset_dialog = ResetDialog(self.controller)
         self.reset_dialog.show()
         self.reset_dialog.raise_()
         return self.reset_dialog
@@ -240,8 +241,9 @@ class TrayApp(QObject):
         return dialog
 
     def save_settings(self, old: Settings, new: Settings, restart: bool) -> bool:
+        """Save now; with `restart`, the restart puts the old settings back if the VM fails with these."""
         try:
-            settings_mod.save(self.paths.settings_file, new, self.host_facts, self._current_disk_gib(old))
+            change = operations.change_settings(self.paths, new, self.host_facts, self._current_disk_gib(old))
         except PinnaceError as exc:
             QMessageBox.warning(None, "Pinnace Settings", str(exc))
             return False
@@ -251,7 +253,7 @@ class TrayApp(QObject):
             except OSError as exc:
                 QMessageBox.warning(None, "Pinnace Settings", f"Could not change start at login: {exc}")
         if restart:
-            self.controller.restart()
+            self.controller.restart(change)
         return True
 
     # --- quitting -------------------------------------------------------------------------------

@@ -2,16 +2,15 @@
 
 A daemon thread (not a QThread) because `watch()` blocks in recv() with no way to interrupt it;
 quitting the app must never wait for the agent. When no agent answers, `fallback` supplies the
-agent's last words (state.json), so a start that died still shows its reason.
+agent's last words as the launcher reads them (launcher.last_status, the CLI's answer too), so a
+start that died still shows its reason.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 from PySide6.QtCore import QObject, Signal
@@ -21,23 +20,9 @@ from hypervisor.errors import PinnaceError
 
 log = logging.getLogger(__name__)
 
-LIVE_STATES = ("starting", "running", "stopping")
-
 
 class WatchSource(Protocol):
     def watch(self, timeout: float | None = None) -> Iterator[Status]: ...
-
-
-def last_words(state_file: Path, instance: str) -> Status | None:
-    """The status a dead agent left behind; live states are stale without an agent, so -> stopped."""
-    try:
-        data = json.loads(Path(state_file).read_text(encoding="utf-8"))
-        status = Status.from_dict({"instance": instance, **data})
-    except (OSError, ValueError, TypeError):
-        return None
-    if status.state in LIVE_STATES:
-        status.state = "stopped"
-    return status
 
 
 class StatusWatcher(QObject):

@@ -47,6 +47,7 @@ from hypervisor.mounts import GuestShare  # noqa: E402
 from hypervisor.paths import Paths  # noqa: E402
 from hypervisor.spec import MachineSpec, build_argv  # noqa: E402
 from hypervisor.ssh import GuestSSH, SSHTarget  # noqa: E402
+from tests import guestexec  # noqa: E402
 from tests.imagekit import busybox_image  # noqa: E402
 
 MOUNT_OPTS = "trans=virtio,version=9p2000.L,msize=512000,access=client"
@@ -121,12 +122,13 @@ def docker(env: dict[str, str], *args: str, check: bool = True) -> str:
 @contextlib.contextmanager
 def floor_vm(accel: str, mb: int) -> Iterator[int]:
     """A bare QEMU with `hostfwd=tcp:127.0.0.1:P-:8000` on its command line, httpd in the guest."""
-    from hypervisor.agent import locate_image
+    from hypervisor.agent import guest_image
 
     work = Path(tempfile.mkdtemp(prefix="pinnace-floor-"))
     proc = None
     try:
-        image_dir, image = locate_image("x86_64")
+        found = guest_image.locate("x86_64")
+        image_dir, image = found.directory, found.manifest
         keys = ensure_instance_keys(work / "keys", "floor")
         (work / "authorized_keys").write_text(authorized_keys_line(keys.client_public) + "\n")
         (work / "hostname").write_text("floor\n")
@@ -141,7 +143,7 @@ def floor_vm(accel: str, mb: int) -> Iterator[int]:
         ssh = GuestSSH(SSHTarget("127.0.0.1", ssh_port, "root", keys.client_key, keys.host_public, "floor"))
         ssh.wait_until_reachable(time.monotonic() + 300)
         www = "/tmp/www"
-        ssh.run(SERVE.format(www=www, mb=mb) + f" && (busybox httpd -p 8000 -h {www} &)", timeout=300)
+        guestexec.run(ssh, SERVE.format(www=www, mb=mb) + f" && (busybox httpd -p 8000 -h {www} &)", timeout=300)
         yield http_port
         ssh.close()
     finally:
@@ -236,8 +238,8 @@ def container_fs(env: dict[str, str], image: str, tools: Path, bind: Path | None
 
 
 def remount_9p(ssh: GuestSSH, tag: str, path: str, cache: str) -> None:
-    res = ssh.run(f"cd / && umount -l '{path}' && mount -t 9p -o {MOUNT_OPTS},cache={cache} {tag} '{path}'",
-                  timeout=60)
+    res = guestexec.run(ssh, f"cd / && umount -l '{path}' && mount -t 9p -o {MOUNT_OPTS},cache={cache} {tag} '{path}'",
+                        timeout=60)
     if res.exit_status != 0:
         raise RuntimeError(f"remount {path} cache={cache}: {bytes(res.stderr).decode(errors='replace')}")
 
@@ -316,12 +318,13 @@ class BenchVM:
 def share_vm(accel: str, shares: list[tuple[GuestShare, str]], memory_mib: int = 2048) -> Iterator[BenchVM]:
     """A VM like an instance's (production argv, boot script, virtiofsd launcher), sharing
     `shares` ((share, virtiofsd cache) pairs); its engine socket forwarded for the docker CLI."""
-    from hypervisor.agent import locate_image
+    from hypervisor.agent import guest_image
 
     work = Path(tempfile.mkdtemp(prefix="pinnace-fsbench-"))  # short: the sockets live here
     proc, started, ssh, fwd = None, [], None, None
     try:
-        image_dir, image = locate_image("x86_64")
+        found = guest_image.locate("x86_64")
+        image_dir, image = found.directory, found.manifest
         keys = ensure_instance_keys(work / "keys", "fsbench")
         (work / "authorized_keys").write_text(authorized_keys_line(keys.client_public) + "\n")
         (work / "hostname").write_text("fsbench\n")

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.imagekit import busybox_binary, rootfs_tar
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI")
 
@@ -150,15 +151,6 @@ def connected_clients(socket_path: Path) -> int:
             if len(parts) == 8 and parts[7].rstrip("\n") == wanted and parts[5] == "03":
                 count += 1
     return count
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def ssh_port(vm) -> int:  # noqa: ANN001 - conftest.Instance
@@ -429,7 +421,8 @@ def test_100_concurrent_clients(vm_instance):
         t.join(timeout=240)
     failures = [(i, r) for i, r in enumerate(results) if r != (200, b"OK", 200, "list")]
     assert not failures, f"{len(failures)} of {count} clients failed, e.g. {failures[:5]}"
-    assert wait_for(lambda: connected_clients(vm_instance.docker_socket) <= baseline, 30)
+    wait_for("the clients' connections closed",
+             lambda: connected_clients(vm_instance.docker_socket) <= baseline, 30, 0.2)
 
 
 def _tar_header_for(name: str, size: int) -> bytes:
@@ -467,7 +460,7 @@ def test_client_killed_mid_load_leaves_no_stuck_channel(vm_instance):
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        assert wait_for(lambda: sent >= 24 * MIB, 120), f"only {sent} bytes went up"
+        wait_for("24 MiB to go up", lambda: sent >= 24 * MIB, 120, 0.2)
         peak = connected_clients(sock_path)
         assert peak > baseline, "the upload's connection is not visible in /proc/net/unix"
     finally:
@@ -476,8 +469,8 @@ def test_client_killed_mid_load_leaves_no_stuck_channel(vm_instance):
         stop.set()
         feeder.join(timeout=10)
     # The forwarder must notice the hang-up and drop the client and its channel.
-    assert wait_for(lambda: connected_clients(sock_path) <= baseline, 30), (
-        f"{connected_clients(sock_path)} connections still open, baseline {baseline}")
+    wait_for(f"the connections back to the baseline {baseline}",
+             lambda: connected_clients(sock_path) <= baseline, 30, 0.2)
     status, body = api_get(str(sock_path), "/_ping")
     assert (status, body) == (200, b"OK")
     assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
@@ -501,8 +494,8 @@ def _restart_guest_sshd(vm) -> None:  # noqa: ANN001 - conftest.Instance
     before = guest_sh(vm, "pidof sshd").stdout.split()
     assert before, "no sshd listener in the guest?"
     guest_sh(vm, "kill $(pidof sshd) $(pidof sshd-session)")  # our own session dies too: rc 255
-    assert wait_for(lambda: (p := guest_sh(vm, "pidof sshd")).returncode == 0 and p.stdout.split() != before,
-                    60, 0.5), "guest sshd was not respawned"
+    wait_for("guest sshd respawned",
+             lambda: (p := guest_sh(vm, "pidof sshd")).returncode == 0 and p.stdout.split() != before, 60, 0.5)
 
 
 @pytest.mark.vm
@@ -533,7 +526,7 @@ def test_request_during_sshd_restart_waits_for_reconnect(vm_instance):
     try:
         assert api_get(str(vm_instance.docker_socket), "/_ping", timeout=60) == (200, b"OK")
     finally:
-        assert wait_for(lambda: _ping_ok(vm_instance), 60, 0.5), "the engine socket did not recover"
+        wait_for("the engine socket to recover", lambda: _ping_ok(vm_instance), 60, 0.5)
 
 
 def _mode(path: Path) -> int:

@@ -25,6 +25,8 @@ from hypervisor.errors import ForwardError, HostKeyMismatchError, SSHError
 from hypervisor.forward import UnixSocketForwarder
 from hypervisor.keys import generate_keypair
 from hypervisor.ssh import GuestSSH
+from tests import guestexec
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     not sshd_available() or sys.platform == "win32",
@@ -99,15 +101,6 @@ def refused(s: socket.socket) -> bool:
         return True
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_ping_through_forwarder(forwarder):
     _, path = forwarder("ping")
     with connect(path) as s:
@@ -121,7 +114,7 @@ def test_ping_through_forwarder(forwarder):
 
 def test_run_collects_output_and_status(env):
     _, _, ssh = env
-    result = ssh.run("echo out; echo err >&2; exit 7", timeout=10)
+    result = guestexec.run(ssh, "echo out; echo err >&2; exit 7", timeout=10)
     assert (result.exit_status, result.stdout, result.stderr) == (7, b"out\n", b"err\n")
 
 
@@ -148,7 +141,7 @@ def test_hundred_concurrent_clients(forwarder):
     for t in threads:
         t.join(50)
     assert not errors, errors[:3]
-    assert wait_for(lambda: fwd.active_connections == 0)
+    wait_for("every connection released", lambda: fwd.active_connections == 0, 5, 0.05)
 
 
 @pytest.mark.timeout(60)
@@ -204,12 +197,12 @@ def test_killed_client_releases_channel(forwarder, target):
     proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(path)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"connected"
-        assert wait_for(lambda: fwd.active_connections == 1)
+        wait_for("the client connected", lambda: fwd.active_connections == 1, 5, 0.05)
         time.sleep(0.5)  # mid-transfer
     finally:
         proc.kill()
         proc.wait()
-    assert wait_for(lambda: fwd.active_connections == 0, timeout=5)
+    wait_for("the channel released", lambda: fwd.active_connections == 0, 5, 0.05)
     # The forwarder is still healthy afterwards.
     if target == "echo":
         with connect(path) as s:
@@ -262,7 +255,7 @@ def test_wrong_host_key_is_refused(env, forwarder, tmp_path):
         s.sendall(b"hello")
         assert refused(s)  # closed at once, not hung
     assert time.monotonic() - start < 5
-    assert wait_for(lambda: fwd.active_connections == 0)
+    wait_for("the refused connection released", lambda: fwd.active_connections == 0, 5, 0.05)
 
 
 def test_wait_until_reachable_gives_up_with_cause(env):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from tests.imagekit import busybox_image
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.vm]
 
@@ -23,15 +23,16 @@ def status_of(instance) -> dict:  # noqa: ANN001
     return json.loads(result.stdout)
 
 
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def wait_gone(pid: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"pid {pid} still alive")
+    wait_for(f"pid {pid} to exit", lambda: gone(pid), timeout, 0.1)
 
 
 @pytest.mark.timeout(1200)
@@ -84,10 +85,13 @@ def test_machine_lifecycle(fresh_instance) -> None:  # noqa: ANN001
     # QEMU dies: the status says so with the reason, and start works again.
     os.kill(qemu_pid, signal.SIGKILL)
     wait_gone(qemu_pid)
-    deadline = time.monotonic() + 20
-    while (st := status_of(vm))["state"] != "error" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert st["state"] == "error" and "QEMU exited unexpectedly" in st["reason"], st
+
+    def errored() -> dict | None:
+        now = status_of(vm)
+        return now if now["state"] == "error" else None
+
+    st = wait_for("the error state", errored, 20, 0.5)
+    assert "QEMU exited unexpectedly" in st["reason"], st
     assert vm.pinnace("status").returncode == 1
     restarted = vm.pinnace("start")
     assert restarted.returncode == 0, restarted.stderr

@@ -17,10 +17,11 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from app.tray.controller import InstanceController
 from app.tray.dashboard import Dashboard
-from app.tray.dashboard_model import container_row, image_row
-from app.tray.engine import EngineSnapshot
+from app.tray.dashboard_model import EngineSnapshot, container_row, image_row
 from app.tray.reset_dialog import ResetDialog
 from app.tray.tray import TrayApp
+from hypervisor.engine import EngineUsage
+from hypervisor.operations import ResetPreview
 from hypervisor.paths import Paths
 from tests.tray.helpers import running_status
 
@@ -113,14 +114,14 @@ def main() -> int:
     shot(app, out, "dashboard-images.png")
     dashboard.close()
 
-    dialog = ResetDialog(controller, str(home / "no-engine.sock"))
+    dialog = ResetDialog(controller)
     dialog.move(200, 150)
     dialog.show()
     deadline = time.monotonic() + 10
     while "counts unavailable" not in dialog.summary_label.text() and time.monotonic() < deadline:
         pump(app, 0.1)
     shot(app, out, "reset-dialog-engine-down.png")
-    dialog._show_df(DF)
+    dialog._show_preview(ResetPreview(EngineUsage.from_df(DF), None, 0, home / "keys", home / "settings.toml"))
     dialog.adjustSize()
     shot(app, out, "reset-dialog.png")
     dialog.close()

@@ -1,8 +1,10 @@
-"""The reset confirmation lists exactly what the engine's df() says will be deleted."""
+"""The reset confirmation lists exactly what the engine's df says will be deleted (EngineUsage, the
+same counts `pinnace reset` prints)."""
 
 from __future__ import annotations
 
-from app.tray.reset_summary import KEPT, UNAVAILABLE, ResetSummary, summary_text
+from app.tray.reset_summary import KEPT, UNAVAILABLE, summary_text
+from hypervisor.engine import EngineUsage
 
 GIB = 1024**3
 
@@ -26,13 +28,13 @@ DF = {
 
 
 def test_counts_from_df() -> None:
-    s = ResetSummary.from_df(DF)
+    s = EngineUsage.from_df(DF)
     assert (s.containers, s.running, s.images, s.volumes, s.build_cache) == (2, 1, 3, 2, 2)
     assert s.disk_bytes == 2 * GIB + 512 * 1024**2 + 512 * 1024**2 + GIB  # -1 sizes count as 0
 
 
 def test_text_lists_deleted_and_kept() -> None:
-    text = summary_text(ResetSummary.from_df(DF))
+    text = summary_text(EngineUsage.from_df(DF))
     assert "  • 2 containers (1 running)" in text
     assert "  • 3 images" in text
     assert "  • 2 volumes" in text
@@ -42,7 +44,7 @@ def test_text_lists_deleted_and_kept() -> None:
 
 
 def test_singular_and_empty_engine() -> None:
-    text = summary_text(ResetSummary.from_df({"Images": [{"Size": 10}], "Containers": [], "Volumes": None}))
+    text = summary_text(EngineUsage.from_df({"Images": [{"Size": 10}], "Containers": [], "Volumes": None}))
     assert "  • 0 containers" in text and "  • 1 image\n" in text and "  • 0 volumes" in text
 
 

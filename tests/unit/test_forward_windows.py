@@ -9,15 +9,8 @@ import threading
 import pytest
 
 from hypervisor.errors import ForwardError
-from hypervisor.forward_windows import NamedPipeForwarder, owner_only_sddl, pipe_path
-
-
-def test_pipe_path():
-    """The engine pipe is Paths.named_pipe("docker"): what DOCKER_HOST and the docker context name."""
-    assert pipe_path("default") == r"\\.\pipe\pinnace-default"
-    for bad in ["", "a\\b", "../x", "a b", "x" * 80, "Default"]:
-        with pytest.raises(ForwardError):
-            pipe_path(bad)
+from hypervisor.forward_windows import NamedPipeForwarder, owner_only_sddl
+from hypervisor.paths import pipe_name
 
 
 def test_owner_only_sddl():
@@ -66,7 +59,7 @@ def test_named_pipe_roundtrip():
         theirs.close()
 
     threading.Thread(target=peer, daemon=True).start()
-    name = pipe_path(f"test{os.getpid()}")
+    name = pipe_name(f"test{os.getpid()}", "docker")
     fwd = NamedPipeForwarder(name, FakeChannel)
     fwd.start()
     try:

@@ -140,6 +140,13 @@ def test_choose_transport(setting: str, host_os: str, problem: str | None, expec
         assert problem in why
 
 
+def test_a_virtiofs_caveat_sends_auto_to_9p_and_is_named_when_asked_for() -> None:
+    caveat = "this virtiofsd refuses shared writable mmap"
+    assert mounts.choose_transport("auto", "linux", None, caveat) == ("9p", f"auto: 9p because {caveat}")
+    transport, why = mounts.choose_transport("virtiofs", "linux", None, caveat)
+    assert transport == "virtiofs" and caveat in why
+
+
 def test_auto_picks_the_measured_winner_on_linux() -> None:
     # The figures behind it are in the module docstring (tests/benchmarks/bench_ports_mounts.py).
     assert mounts.AUTO_LINUX in mounts.TRANSPORTS

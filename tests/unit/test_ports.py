@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from hypervisor import ports
+from hypervisor import port_publisher, ports
 from hypervisor.ports import GUEST_ADDR, GUEST_LOOPBACK_ADDR, PortRule
 
 
@@ -211,7 +211,7 @@ class FakeQemu:
         return f"host forwarding rule for {arg} {'removed' if found else 'not found'}\r\n"
 
 
-class FakeEngine(ports.EngineClient):
+class FakeEngine(port_publisher.EngineClient):
     def __init__(self, containers: dict[str, dict]) -> None:
         self.containers = containers
 
@@ -222,8 +222,8 @@ class FakeEngine(ports.EngineClient):
         return self.containers.get(cid)
 
 
-def make_publisher(qemu: FakeQemu, containers: dict[str, dict], seen: list) -> ports.PortPublisher:
-    pub = ports.PortPublisher(qemu.hmp, lambda: None, False, reserved={("tcp", "127.0.0.1", 2222)},
+def make_publisher(qemu: FakeQemu, containers: dict[str, dict], seen: list) -> port_publisher.PortPublisher:
+    pub = port_publisher.PortPublisher(qemu.hmp, lambda: None, False, reserved={("tcp", "127.0.0.1", 2222)},
                               on_change=seen.append)
     pub.engine = FakeEngine(containers)
     return pub

@@ -1,5 +1,5 @@
-"""hypervisor.process: real processes on this host, and the Windows branches through their pure parts
-(flags, argv, verdicts over a fake kernel32) so they are exercised on Linux too."""
+"""hypervisor.process: real processes on this host, and the Windows strategy through its pure parts
+(flags, argv, verdicts over a fake kernel32) so it is exercised on Linux too."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor import platform as hplatform
 from hypervisor import process
+from hypervisor.platform import WindowsPlatform
+from hypervisor.platform import windows as win
 
 WIN_CREATE_NEW_PROCESS_GROUP = 0x00000200
 WIN_DETACHED_PROCESS = 0x00000008
@@ -26,11 +29,11 @@ posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX sessions and s
 
 
 def test_win32_constants_have_the_documented_values() -> None:
-    assert process.CREATE_NEW_PROCESS_GROUP == WIN_CREATE_NEW_PROCESS_GROUP
-    assert process.DETACHED_PROCESS == WIN_DETACHED_PROCESS
-    assert process.CREATE_NO_WINDOW == WIN_CREATE_NO_WINDOW
-    assert (process.PROCESS_QUERY_LIMITED_INFORMATION, process.PROCESS_TERMINATE) == (0x1000, 0x0001)
-    assert (process.SYNCHRONIZE, process.STILL_ACTIVE) == (0x00100000, 259)
+    assert win.CREATE_NEW_PROCESS_GROUP == WIN_CREATE_NEW_PROCESS_GROUP
+    assert win.DETACHED_PROCESS == WIN_DETACHED_PROCESS
+    assert win.CREATE_NO_WINDOW == WIN_CREATE_NO_WINDOW
+    assert (win.PROCESS_QUERY_LIMITED_INFORMATION, win.PROCESS_TERMINATE) == (0x1000, 0x0001)
+    assert (win.SYNCHRONIZE, win.STILL_ACTIVE) == (0x00100000, 259)
 
 
 def test_spawn_options_detach_per_platform() -> None:
@@ -55,7 +58,7 @@ def test_command_line_argv_windows_is_a_cim_query_by_absolute_path() -> None:
     assert len(argv) == 6
     assert "(Get-CimInstance -ClassName Win32_Process -Filter 'ProcessId=1234').CommandLine" in argv[5]
     assert argv[5].startswith("[Console]::OutputEncoding = [Text.Encoding]::UTF8;")
-    assert process.powershell_exe({}) == "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
+    assert win.powershell_exe({}) == "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
 
 
 def test_command_line_argv_elsewhere_is_ps() -> None:
@@ -109,17 +112,17 @@ class FakeKernel32:
 
 def test_windows_alive_verdicts() -> None:
     running = FakeKernel32(codes=[259])
-    assert process._windows_alive(7, running)
+    assert win.process_alive(7, running)
     assert running.opened == [(0x1000, 7)] and running.closed == [107]
-    assert not process._windows_alive(7, FakeKernel32(codes=[0]))  # exited with 0
-    assert not process._windows_alive(7, FakeKernel32(codes=[None]))  # cannot tell: not ours to adopt
-    assert not process._windows_alive(7, FakeKernel32(open_error=87))  # ERROR_INVALID_PARAMETER: no such pid
-    assert process._windows_alive(7, FakeKernel32(open_error=5))  # ERROR_ACCESS_DENIED: exists, not ours
+    assert not win.process_alive(7, FakeKernel32(codes=[0]))  # exited with 0
+    assert not win.process_alive(7, FakeKernel32(codes=[None]))  # cannot tell: not ours to adopt
+    assert not win.process_alive(7, FakeKernel32(open_error=87))  # ERROR_INVALID_PARAMETER: no such pid
+    assert win.process_alive(7, FakeKernel32(open_error=5))  # ERROR_ACCESS_DENIED: exists, not ours
 
 
 def test_windows_terminate_kills_then_waits_on_the_handle(caplog: pytest.LogCaptureFixture) -> None:
     api = FakeKernel32(codes=[259])
-    process._windows_terminate(9, 5.0, api)
+    win.terminate_process(9, 5.0, api)
     access, pid = api.opened[0]
     assert pid == 9 and access == 0x0001 | 0x1000 | 0x00100000
     assert api.terminated == [(109, 1)] and api.waited == [5000] and api.closed == [109]
@@ -128,27 +131,27 @@ def test_windows_terminate_kills_then_waits_on_the_handle(caplog: pytest.LogCapt
 
 def test_windows_terminate_leaves_the_dead_alone(caplog: pytest.LogCaptureFixture) -> None:
     gone = FakeKernel32(open_error=87)
-    process._windows_terminate(9, 1.0, gone)
+    win.terminate_process(9, 1.0, gone)
     exited = FakeKernel32(codes=[0])
-    process._windows_terminate(9, 1.0, exited)
+    win.terminate_process(9, 1.0, exited)
     assert gone.terminated == exited.terminated == [] and exited.closed == [109]
     assert not caplog.records
 
 
 def test_windows_terminate_reports_what_it_could_not_do(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="hypervisor.process")
-    process._windows_terminate(9, 1.0, FakeKernel32(open_error=5))
-    process._windows_terminate(9, 1.0, FakeKernel32(codes=[259, 259], terminates=False))
+    caplog.set_level(logging.WARNING, logger="hypervisor.platform")
+    win.terminate_process(9, 1.0, FakeKernel32(open_error=5))
+    win.terminate_process(9, 1.0, FakeKernel32(codes=[259, 259], terminates=False))
     raced = FakeKernel32(codes=[259, 0], terminates=False)  # it was exiting anyway: no warning
-    process._windows_terminate(9, 1.0, raced)
-    process._windows_terminate(9, 1.0, FakeKernel32(exits=False))
+    win.terminate_process(9, 1.0, raced)
+    win.terminate_process(9, 1.0, FakeKernel32(exits=False))
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["cannot open process 9 to end it (Windows error 5)",
                         "TerminateProcess failed for process 9", "process 9 survived TerminateProcess"]
     assert raced.closed == [109]
 
 
-# --- the public functions take the Windows branch on win32 and never os.kill there ---------------
+# --- the public functions take the Windows strategy there and never os.kill ----------------------
 
 
 @pytest.fixture
@@ -159,8 +162,7 @@ def as_windows(monkeypatch: pytest.MonkeyPatch) -> FakeKernel32:
         raise AssertionError("os.kill on Windows is TerminateProcess, never a probe")
 
     monkeypatch.setattr(os, "kill", no_kill)
-    monkeypatch.setattr(process, "_win32", lambda: api)
-    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(hplatform, "current", lambda: WindowsPlatform(process_api=lambda: api))
     return api
 
 
@@ -183,7 +185,7 @@ def test_command_line_runs_powershell_without_a_window(as_windows: FakeKernel32,
     assert process.is_our_qemu(4321, "dev")
     assert str(seen["argv"][0]).endswith("\\WindowsPowerShell\\v1.0\\powershell.exe")  # type: ignore[index]
     assert seen["creationflags"] == WIN_CREATE_NO_WINDOW and seen["encoding"] == "utf-8"
-    assert seen["timeout"] == process.POWERSHELL_TIMEOUT_S
+    assert seen["timeout"] == win.POWERSHELL_TIMEOUT_S
 
 
 def test_spawn_passes_the_windows_flags(as_windows: FakeKernel32, monkeypatch: pytest.MonkeyPatch,
@@ -259,7 +261,7 @@ def test_windows_real_process_lifecycle(sleeper: subprocess.Popen[bytes]) -> Non
     assert process.alive(sleeper.pid)
     assert "process=pinnace-utest" in _command_line_soon(sleeper.pid)
     process.terminate(sleeper.pid, grace=1.0)
-    assert sleeper.wait(5) == process.TERMINATED_EXIT_CODE
+    assert sleeper.wait(5) == win.TERMINATED_EXIT_CODE
     assert not process.alive(sleeper.pid)  # our Popen still holds the handle: the exit code says dead
     assert process.alive(os.getpid())
 
@@ -267,4 +269,4 @@ def test_windows_real_process_lifecycle(sleeper: subprocess.Popen[bytes]) -> Non
 @pytest.mark.skipif(sys.platform == "win32", reason="the non-Windows side of the guard")
 def test_kernel32_is_bound_only_when_called_on_windows() -> None:
     with pytest.raises(AttributeError):  # ctypes.WinDLL exists only on Windows
-        process._Kernel32()
+        win.Kernel32()

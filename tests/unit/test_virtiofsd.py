@@ -97,18 +97,39 @@ def test_locate_reports_a_binary_that_cannot_run() -> None:
 
 def test_c_daemon_argv_escapes_option_separators() -> None:
     assert virtiofsd.daemon_argv(C, RW, 7, 0) == [
-        "/usr/lib/qemu/virtiofsd", "--fd=7", "-o", "source=/home/ann/a\\, b\\\\c", "-o", "cache=auto"]
-    assert virtiofsd.daemon_argv(C, RW, 7, 0, cache="none")[-1] == "cache=none"
+        "/usr/lib/qemu/virtiofsd", "--fd=7", "-o", "source=/home/ann/a\\, b\\\\c",
+        "-o", "cache=auto", "-o", "timeout=0"]
+    assert virtiofsd.daemon_argv(C, RW, 7, 0, cache="none")[-2:] == ["-o", "cache=none"]
+    assert virtiofsd.daemon_argv(C, RW, 7, 0, cache="auto")[-2:] == ["-o", "cache=auto"]
     assert virtiofsd.c_option_escape("a,b\\,c") == "a\\,b\\\\\\,c"
 
 
 def test_rust_daemon_argv_as_root_and_as_a_user() -> None:
     assert virtiofsd.daemon_argv(RUST, RW, 5, 0) == [
-        "/usr/libexec/virtiofsd", "--fd=5", "--shared-dir=/home/ann/a, b\\c", "--cache=auto"]
+        "/usr/libexec/virtiofsd", "--fd=5", "--shared-dir=/home/ann/a, b\\c", "--cache=never"]
     assert virtiofsd.daemon_argv(RUST, RW, 5, 1000)[-1] == "--sandbox=none"
     assert virtiofsd.daemon_argv(RUST, RW, 5, 0, cache="none")[3] == "--cache=never"  # Rust's name for it
+    assert virtiofsd.daemon_argv(RUST, RW, 5, 0, cache="auto")[3] == "--cache=auto"
     assert virtiofsd.daemon_argv(RUST_RO, RO, 5, 1000)[-2:] == ["--sandbox=none", "--readonly"]
     assert "--readonly" not in virtiofsd.daemon_argv(RUST, RO, 5, 1000)  # too old to have it
+
+
+def test_coherent_caching_keeps_no_attribute_and_keeps_shared_mmap_where_it_can() -> None:
+    # The C daemon keeps auto's page cache (shared mmap works) and caches no attribute or name.
+    assert virtiofsd.cache_argv(C) == ["-o", "cache=auto", "-o", "timeout=0"]
+    assert virtiofsd.shared_mmap_problem(C) is None
+    # The Rust daemon has no timeout option: never, with --allow-mmap where it has it.
+    mmap_rust = virtiofsd.parse_help(Path("/v"), RUST_HELP + "      --allow-mmap   Allow mmap\n")
+    assert mmap_rust.allow_mmap
+    assert virtiofsd.cache_argv(mmap_rust) == ["--cache=never", "--allow-mmap"]
+    assert virtiofsd.shared_mmap_problem(mmap_rust) is None
+    assert virtiofsd.cache_argv(RUST) == ["--cache=never"]
+    assert "refuses shared writable mmap" in virtiofsd.shared_mmap_problem(RUST)
+    # the daemons' own modes, for the benchmark
+    assert virtiofsd.shared_mmap_problem(C, "none") is not None
+    assert virtiofsd.shared_mmap_problem(RUST, "auto") is None
+    with pytest.raises(ValueError, match="unknown virtiofs cache mode"):
+        virtiofsd.cache_argv(C, "always")
 
 
 def test_read_only_shares_are_enforced_on_the_host() -> None:

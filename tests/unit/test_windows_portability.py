@@ -20,9 +20,11 @@ import hypervisor
 from app import cli, dockerctx
 from app.tray import status_text
 from hypervisor import forward_windows, keys, launcher, process
+from hypervisor import platform as hplatform
 from hypervisor.control import PipeStream, is_pipe
 from hypervisor.errors import ForwardError, SettingsError
 from hypervisor.paths import PIPE_PREFIX, Paths, npipe_url, pipe_name
+from hypervisor.platform import WindowsPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_PIPE = r"\\.\pipe\pinnace-dev"
@@ -37,13 +39,30 @@ def paths(tmp_path: Path) -> Paths:
     return Paths.for_instance("dev", {"PINNACE_HOME": str(tmp_path)})
 
 
+@pytest.fixture
+def acls() -> list[tuple[str, bool]]:
+    """The owner-only ACLs a faked Windows platform was asked to set: (path, inherit)."""
+    return []
+
+
+@pytest.fixture
+def as_windows(monkeypatch: pytest.MonkeyPatch, acls: list[tuple[str, bool]]) -> WindowsPlatform:
+    """This process on "Windows": the platform strategy swapped, ACLs recorded instead of set."""
+    fake = WindowsPlatform(set_acl=lambda path, inherit=False: acls.append((path, inherit)))
+    monkeypatch.setattr(hplatform, "current", lambda: fake)
+    return fake
+
+
 # --- one engine pipe name ------------------------------------------------------------------------
 
 
 def test_engine_pipe_is_one_name_everywhere(paths: Paths) -> None:
     assert PIPE_PREFIX == "\\\\.\\pipe\\"
     assert paths.named_pipe("docker") == pipe_name("dev", "docker") == ENGINE_PIPE
-    assert forward_windows.pipe_path("dev") == ENGINE_PIPE  # what the agent's NamedPipeForwarder serves
+    windows = hplatform.for_os("windows")
+    assert windows.engine_endpoint(paths) == ENGINE_PIPE  # what the agent's NamedPipeForwarder serves
+    assert windows.control_endpoint(paths) == paths.named_pipe("control")
+    assert windows.docker_host(paths) == ENGINE_URL
     assert launcher.engine_address(paths, "windows") == ENGINE_PIPE and is_pipe(ENGINE_PIPE)
     assert launcher.engine_address(paths, "linux") == paths.docker_socket
     assert launcher.docker_host(paths, "windows") == npipe_url(ENGINE_PIPE) == ENGINE_URL
@@ -58,8 +77,6 @@ def test_pipe_names_refuse_what_is_not_an_instance() -> None:
     for bad in ("", "Dev", "a\\b", "../x", "a b"):
         with pytest.raises(SettingsError):
             pipe_name(bad, "docker")
-        with pytest.raises(ForwardError):
-            forward_windows.pipe_path(bad)
     with pytest.raises(ValueError):
         pipe_name("dev", "engine")
     with pytest.raises(ValueError):
@@ -67,9 +84,10 @@ def test_pipe_names_refuse_what_is_not_an_instance() -> None:
 
 
 def test_pinnace_env_prints_the_pipe_on_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str],
+                                                as_windows: WindowsPlatform) -> None:
     monkeypatch.setenv("PINNACE_HOME", str(tmp_path))
-    monkeypatch.setattr(launcher, "host_os", lambda: "windows")
+    monkeypatch.setattr(launcher, "host_os", lambda: "windows", raising=False)  # until it asks the platform
     assert cli.main(["--name", "dev", "env", "--shell", "powershell"]) == 0
     assert capsys.readouterr().out == f'$Env:DOCKER_HOST = "{ENGINE_URL}"\n'
 
@@ -98,7 +116,8 @@ def test_agent_python_prefers_the_console_interpreter() -> None:
     assert launcher.agent_python(apps + "pinnace.exe", "win32", exists) == apps + "pinnace.exe"
 
 
-def test_spawn_agent_uses_the_detach_flags(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spawn_agent_uses_the_detach_flags(paths: Paths, monkeypatch: pytest.MonkeyPatch,
+                                           acls: list[tuple[str, bool]]) -> None:
     seen: list[dict] = []
 
     class FakePopen:
@@ -111,7 +130,7 @@ def test_spawn_agent_uses_the_detach_flags(paths: Paths, monkeypatch: pytest.Mon
     launcher.spawn_agent(paths)
     assert seen[-1]["start_new_session"] is True and "creationflags" not in seen[-1]
     assert seen[-1]["argv"][1:] == ["-m", "hypervisor.agent", "--name", "dev"]
-    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(hplatform, "current", lambda: WindowsPlatform(set_acl=lambda p, i=False: acls.append((p, i))))
     launcher.spawn_agent(paths)
     assert seen[-1]["creationflags"] == 0x00000200 | 0x08000000 and seen[-1]["close_fds"] is True
     assert "start_new_session" not in seen[-1]
@@ -178,19 +197,16 @@ def test_owner_only_sddl_for_files_and_directories() -> None:
 
 
 @pytest.fixture
-def keys_as_windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
-    """keys.py on "win32": no os.fchmod (Python 3.11 on Windows has none), ACLs recorded."""
-    calls: list[tuple[str, bool]] = []
+def keys_as_windows(monkeypatch: pytest.MonkeyPatch, as_windows: WindowsPlatform,
+                    acls: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """keys.py on "Windows": no os.fchmod (Python 3.11 on Windows has none), ACLs recorded."""
 
     def no_chmod(*_args: object) -> None:
         raise AssertionError("chmod only toggles read-only on Windows")
 
     monkeypatch.delattr(os, "fchmod")
     monkeypatch.setattr(os, "chmod", no_chmod)
-    monkeypatch.setattr(forward_windows, "set_owner_only_acl",
-                        lambda path, inherit=False: calls.append((path, inherit)))
-    monkeypatch.setattr(sys, "platform", "win32")
-    return calls
+    return acls
 
 
 def test_keys_get_owner_only_acls_on_windows(keys_as_windows: list[tuple[str, bool]], tmp_path: Path) -> None:
@@ -213,8 +229,8 @@ def test_keys_survive_a_failing_acl_on_windows(keys_as_windows: list[tuple[str, 
     def denied(path: str, inherit: bool = False) -> None:
         raise PermissionError(5, "Access is denied")
 
-    monkeypatch.setattr(forward_windows, "set_owner_only_acl", denied)
-    caplog.set_level(logging.WARNING, logger="hypervisor.keys")
+    monkeypatch.setattr(hplatform, "current", lambda: WindowsPlatform(set_acl=denied))
+    caplog.set_level(logging.WARNING, logger="hypervisor.platform")
     made = keys.ensure_instance_keys(tmp_path / "keys", "dev")
     assert made.host_key.exists() and "cannot restrict" in caplog.text
 
@@ -233,7 +249,8 @@ def test_every_module_imports_here() -> None:
     names = _module_names()
     assert {"hypervisor.process", "hypervisor.forward_windows", "app.cli", "app.tray.tray"} <= set(names)
     for name in names:
-        importlib.import_module(name)
+        if not name.endswith(".__main__"):  # running a program is not importing it
+            importlib.import_module(name)
 
 
 def _import_time_imports(tree: ast.Module) -> set[str]:
@@ -265,10 +282,10 @@ def test_no_platform_only_module_is_imported_at_import_time() -> None:
 def test_forward_windows_imports_on_this_host_without_windows_modules() -> None:
     code = ("import sys, hypervisor.forward_windows as fw; "
             "bad = [m for m in ('_winapi', 'msvcrt', '_overlapped', 'winreg') if m in sys.modules]; "
-            "print(fw.pipe_path('default'), bad); sys.exit(1 if bad else 0)")
+            "print(fw.owner_only_sddl('S-1-5-18'), bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split()[0] == r"\\.\pipe\pinnace-default"
+    assert result.stdout.split()[0] == "D:P(A;;GA;;;S-1-5-18)"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the non-Windows refusal")
@@ -285,7 +302,7 @@ def test_named_pipe_forwarder_refuses_to_start_here() -> None:
 def test_owner_only_acl_on_a_real_file(tmp_path: Path) -> None:
     target = tmp_path / "secret"
     target.write_bytes(b"x")
-    forward_windows.set_owner_only_acl(str(target))
+    hplatform.windows.set_owner_only_acl(str(target))
     listing = subprocess.run(["icacls", str(target)], capture_output=True, text=True, check=True,
                              **process.no_window_options()).stdout
     grants = [line for line in listing.splitlines()[:-2] if ":(" in line]  # the last lines are a summary
@@ -311,20 +328,22 @@ def test_qmp_listens_on_a_unix_socket_or_windows_loopback(tmp_path: Path) -> Non
         qmp_option(("0.0.0.0", 40123))
 
 
-def test_agent_qmp_address_per_os(tmp_path: Path) -> None:
-    from hypervisor.agent import Agent
+def test_agent_qmp_address_per_os(tmp_path: Path, acls: list[tuple[str, bool]]) -> None:
+    from hypervisor.agent.qemu_driver import QemuDriver
+    from hypervisor.agent.status_board import StatusBoard
+    from hypervisor.control import Status
     from hypervisor.errors import MachineError
-    from hypervisor.paths import Paths
 
     paths = Paths.for_instance("qmpt", {"PINNACE_HOME": str(tmp_path)})
     paths.ensure_dirs()
-    agent = Agent(paths)
-    agent.os = "linux"
-    assert agent.qmp_address(fresh=True) == paths.qmp_socket
-    agent.os = "windows"
+    board = StatusBoard(Status(instance="qmpt"), paths.state_file)
+    linux = QemuDriver(paths, board, hplatform.for_os("linux"))
+    assert linux.qmp_address(fresh=True) == paths.qmp_socket
+    windows = QemuDriver(paths, board, WindowsPlatform(set_acl=lambda p, i=False: acls.append((p, i))))
     with pytest.raises(MachineError, match="no QMP port"):
-        agent.qmp_address(fresh=False)
-    host, port = agent.qmp_address(fresh=True)
+        windows.qmp_address(fresh=False)
+    host, port = windows.qmp_address(fresh=True)
     assert host == "127.0.0.1" and 0 < port < 65536
-    assert agent.qmp_address(fresh=False) == ("127.0.0.1", port)  # re-adoption reads it back
+    assert windows.qmp_address(fresh=False) == ("127.0.0.1", port)  # re-adoption reads it back
     assert (paths.qmp_port_file.stat().st_mode & 0o777) == 0o600
+    assert acls and all(not inherit for _, inherit in acls)  # the port file: owner-only

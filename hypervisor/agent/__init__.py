@@ -1,0 +1,22 @@
+"""The host agent: one detached process per instance that owns the VM and serves the control API.
+
+Where things are (each module has one job):
+
+    entry.py           `python -m hypervisor.agent`: lock, logging, run the Agent
+    agent.py           Agent: control operations and the lifecycle over the parts below
+    lifecycle.py       the states and the legal moves between them
+    status_board.py    the one writer of the status: state.json and the watchers
+    control_server.py  the control API's server side (JSON lines on the private endpoint)
+    qemu_driver.py     the QEMU process: image, accelerator, argv, spawn, adopt, powerdown -> quit -> kill
+    guest_image.py     which guest image boots, verified against its manifest
+    engine_link.py     SSH to the guest, the engine-socket forwarder, readiness, published ports
+    file_events.py     host file changes under bind-mounted shares -> inotify events in the guest
+
+The CLI and the tray are clients; either can crash or quit without harming the VM. If the agent
+itself dies, QEMU keeps running and the next agent adopts it (pidfile + QMP socket).
+"""
+
+from hypervisor.agent.agent import Agent
+from hypervisor.agent.entry import main
+
+__all__ = ["Agent", "main"]

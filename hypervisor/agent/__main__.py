@@ -1,0 +1,5 @@
+import sys
+
+from hypervisor.agent.entry import main
+
+sys.exit(main())

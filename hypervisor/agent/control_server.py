@@ -1,0 +1,93 @@
+"""The control API's server side: JSON lines on the agent's private endpoint (protocol and client
+in hypervisor/control.py). It parses a request, hands the operation to the agent and writes the
+one-line answer; `watch` streams the status board."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hypervisor.agent.status_board import StatusBoard
+from hypervisor.control import OPS, decode, encode, is_pipe
+from hypervisor.errors import ControlError, PinnaceError
+
+log = logging.getLogger("pinnace.agent")
+
+Operation = Callable[[str], Awaitable[None]]  # "stop" | "restart" | "reset"
+
+
+class ControlServer:
+    def __init__(self, board: StatusBoard, operate: Operation) -> None:
+        self.board, self.operate = board, operate
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                op = str(decode(line).get("op"))
+            except ControlError as exc:
+                writer.write(encode({"ok": False, "error": str(exc)}))
+                return
+            if op not in OPS:
+                writer.write(encode({"ok": False, "error": f"unknown operation {op!r}"}))
+            elif op == "watch":
+                await self._stream(writer)
+            elif op == "status":
+                writer.write(encode({"ok": True, "result": self.board.status.to_dict()}))
+            else:
+                try:
+                    await self.operate(op)
+                    writer.write(encode({"ok": True, "result": self.board.status.to_dict()}))
+                except PinnaceError as exc:
+                    writer.write(encode({"ok": False, "error": str(exc)}))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        queue = self.board.watch()
+        try:
+            while (status := await queue.get()) is not None:
+                writer.write(encode({"event": "status", "result": status.to_dict()}))
+                await writer.drain()
+        finally:
+            self.board.unwatch(queue)
+
+
+async def serve(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                address: Path | str) -> asyncio.AbstractServer:
+    """Listen on the agent's control endpoint: an owner-only named pipe, or a unix socket (0600
+    in the 0700 runtime dir) that a live agent must not already serve."""
+    if is_pipe(address):
+        from hypervisor.forward_windows import start_pipe_server
+
+        return await start_pipe_server(handle, str(address))  # type: ignore[return-value]
+    path = Path(address)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(path))
+            raise ControlError(f"another agent already serves {path}")
+        except OSError:
+            path.unlink(missing_ok=True)
+        finally:
+            probe.close()
+    server = await asyncio.start_unix_server(handle, path=str(path))
+    path.chmod(0o600)
+    return server

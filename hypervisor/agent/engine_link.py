@@ -1,0 +1,158 @@
+"""The engine link: the way from the host to the guest's dockerd, and what rides on it.
+
+One SSH transport to the guest's sshd (pinned host key), the engine-socket forwarder on the host
+(a private unix socket, or a named pipe where the platform has no unix sockets for docker), the
+engine's readiness (`/_ping`, then `/version`), published ports (QMP hostfwd kept equal to the
+containers' ports), the hint for bind mounts outside the shares, and the host file changes under
+bind-mounted shares replayed as inotify events in the guest (file_events.py). Failures are raised with their
+cause; `close` never blocks longer than its bounds, even against a dead or paused guest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from hypervisor import engine, mounts
+from hypervisor.agent.file_events import FileEventRelay
+from hypervisor.agent.qemu_driver import Machine
+from hypervisor.agent.status_board import StatusBoard
+from hypervisor.errors import HostKeyMismatchError, MachineError, PinnaceError, SSHError
+from hypervisor.paths import Paths
+from hypervisor.platform import Platform
+from hypervisor.port_publisher import Hmp, PortPublisher
+from hypervisor.settings import HostFacts
+from hypervisor.settings import load as load_settings
+from hypervisor.ssh import GuestSSH, SSHTarget
+
+log = logging.getLogger("pinnace.agent")
+
+ENGINE_SOCKET = "/var/run/docker.sock"
+ENGINE_RECONNECT_GRACE_S = 20.0  # how long a new channel waits out an sshd restart in the guest
+ENGINE_CALL_TIMEOUT_S = 10.0  # one readiness request; a paused guest must not hold a thread forever
+CLOSE_STEP_TIMEOUT_S = 5.0
+
+
+class EngineLink:
+    def __init__(self, paths: Paths, board: StatusBoard, platform: Platform) -> None:
+        self.paths, self.board, self.platform = paths, board, platform
+        self.ssh: GuestSSH | None = None
+        self.forwarder: Any = None  # UnixSocketForwarder | NamedPipeForwarder
+        self.ports: PortPublisher | None = None
+        self.file_events: FileEventRelay | None = None
+
+    # --- connecting ------------------------------------------------------------------------
+
+    async def reach(self, machine: Machine, deadline: float) -> None:
+        """Until the guest's sshd answers with the pinned key (it starts long before the engine)."""
+        self.ssh = GuestSSH(SSHTarget("127.0.0.1", machine.ssh_port, "root", machine.client_key,
+                                      machine.host_public, self.paths.instance))
+        await asyncio.get_running_loop().run_in_executor(None, self.ssh.wait_until_reachable, deadline)
+
+    async def attach(self, hmp: Hmp, ssh_port: int, deadline: float) -> None:
+        """The engine answering, its socket forwarded and published ports followed."""
+        loop = asyncio.get_running_loop()
+        version = await self._engine_version(deadline)
+        self.board.update(engine_version=str(version.get("Version", "")))
+        endpoint = self.platform.engine_endpoint(self.paths)
+        self.forwarder = self.platform.engine_forwarder(endpoint, self.open_engine_channel)
+        await loop.run_in_executor(None, self.forwarder.start)
+        self.board.update(docker_socket=str(endpoint))
+        self._start_ports(hmp, ssh_port)
+
+    def open_engine_channel(self):  # noqa: ANN201 - a paramiko Channel
+        """A channel to the guest's engine socket; rides out an sshd restart (a few seconds)."""
+        deadline, delay = time.monotonic() + ENGINE_RECONNECT_GRACE_S, 0.1
+        while True:
+            ssh = self.ssh
+            if ssh is None:
+                raise MachineError("the VM is not running")
+            try:
+                return ssh.open_unix_channel(ENGINE_SOCKET, timeout=10.0)
+            except HostKeyMismatchError:
+                raise
+            except SSHError:
+                # A live transport means the guest refused the socket (dockerd down): fail now.
+                if ssh.is_active() or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _engine_get(self, path: str) -> tuple[int, bytes]:
+        channel = self.open_engine_channel()
+        channel.settimeout(ENGINE_CALL_TIMEOUT_S)
+        return engine.get(channel, path)
+
+    async def _engine_version(self, deadline: float) -> dict:
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            try:
+                code, _ = await loop.run_in_executor(None, self._engine_get, "/_ping")
+                if code == 200:
+                    code, body = await loop.run_in_executor(None, self._engine_get, "/version")
+                    return engine.version_of(body)
+            except (PinnaceError, OSError, ValueError) as exc:
+                last = exc
+            await asyncio.sleep(0.3)
+        raise MachineError("the engine did not answer /_ping in time", last)
+
+    def open_guest_command(self, command: str):  # noqa: ANN201 - a paramiko Channel
+        """A command in the guest on the shared transport; its stdin is ours to write."""
+        ssh = self.ssh
+        if ssh is None:
+            raise MachineError("the VM is not running")
+        channel = ssh.ensure_connected().open_session(timeout=10.0)
+        channel.exec_command(command)
+        return channel
+
+    def _start_ports(self, hmp: Hmp, ssh_port: int) -> None:
+        try:
+            expose_all = load_settings(self.paths.settings_file, HostFacts.detect()).expose_ports_on_all_interfaces
+        except PinnaceError as exc:
+            log.warning("published ports stay on loopback: %s", exc)
+            expose_all = False
+        shares = mounts.read_fw_cfg(self.paths.runtime_dir / "shares")
+        if shares:
+            self.file_events = FileEventRelay(self.open_guest_command, shares)
+            self.file_events.start()
+        self.ports = PortPublisher(
+            hmp, self.open_engine_channel, expose_all,
+            reserved={("tcp", "127.0.0.1", ssh_port)},
+            on_change=lambda entries: self.board.update(port_forwards=entries),
+            on_new_container=mounts.BindHinter(shares),
+            on_binds=self.file_events.follow if self.file_events else None)
+        self.ports.start()
+
+    # --- closing ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Ports, forwarder, SSH: each step bounded, so a dead or paused guest cannot stall a stop
+        or the report of a crash."""
+        loop = asyncio.get_running_loop()
+        ports, self.ports = self.ports, None
+        if ports is not None:
+            await self._bounded("stopping published ports", ports.stop())
+        file_events, self.file_events = self.file_events, None
+        if file_events is not None:
+            await self._bounded("stopping file events", loop.run_in_executor(None, file_events.close))
+        forwarder, self.forwarder = self.forwarder, None
+        if forwarder is not None:
+            await self._bounded("stopping the engine socket", loop.run_in_executor(None, forwarder.stop))
+        ssh, self.ssh = self.ssh, None
+        if ssh is not None:
+            await self._bounded("closing SSH", loop.run_in_executor(None, ssh.close))
+        self.board.update(port_forwards=[], docker_socket="")
+
+    @staticmethod
+    async def _bounded(what: str, step: Any) -> None:
+        try:
+            await asyncio.wait_for(step, CLOSE_STEP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%s took over %.0f s; going on", what, CLOSE_STEP_TIMEOUT_S)
+        except (PinnaceError, OSError) as exc:
+            log.warning("%s: %s", what, exc)
+        except Exception:  # noqa: BLE001 - teardown goes on whatever one step raised
+            log.exception("%s failed", what)

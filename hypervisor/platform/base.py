@@ -1,0 +1,186 @@
+"""The contract every host platform fulfils, and what all of them share.
+
+Everything that differs between POSIX and Windows (and, inside POSIX, between Linux and macOS)
+is a method or an attribute of `Platform`; callers ask `hypervisor.platform.current()` and never
+look at `sys.platform` themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from hypervisor.paths import Paths
+
+log = logging.getLogger("hypervisor.platform")
+
+Endpoint = Path | str  # a unix socket path, or a Windows pipe name (\\.\pipe\...)
+
+
+class NotPrivateError(PermissionError):
+    """An existing directory cannot be made private: a symlink, someone else's, or shared (sticky).
+
+    An OSError, like the failures of mkdir/chmod it sits next to; callers turn it into their own
+    package error with the message unchanged.
+    """
+
+
+class Platform(ABC):
+    """One host OS: processes, detached spawning, endpoints and private files.
+
+    Instances are immutable and cheap; `current()` picks one per process.
+    """
+
+    os_name: str
+    """"linux", "darwin", "windows", or another Unix's `sys.platform` (e.g. "freebsd14")."""
+    unix_path_max: int
+    """Size of `sockaddr_un.sun_path`, including the NUL."""
+    has_runtime_dir: bool
+    """Whether the OS has a real per-user runtime directory (XDG_RUNTIME_DIR) for sockets."""
+
+    windows: ClassVar[bool] = False
+    named_pipes: ClassVar[bool] = False
+    """Endpoints (engine, control API) are named pipes rather than unix sockets."""
+    qmp_over_unix_socket: ClassVar[bool] = True
+    """QEMU's monitor on a unix socket; else on a loopback TCP port (asyncio has no AF_UNIX there)."""
+
+    # --- processes -------------------------------------------------------------------------
+
+    def alive(self, pid: int | None) -> bool:
+        """Whether `pid` names a running process (a zombie or an exited one is dead)."""
+        if not pid or pid <= 0:
+            return False
+        return self._alive(pid)
+
+    @abstractmethod
+    def _alive(self, pid: int) -> bool: ...
+
+    @abstractmethod
+    def terminate(self, pid: int, grace: float = 3.0) -> None:
+        """End `pid`, waiting up to about `grace` + 2 s for it to be gone."""
+
+    def wait_exit(self, pid: int, timeout: float) -> bool:
+        """Poll until `pid` is gone; False if it still runs after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive(pid):
+                return True
+            time.sleep(0.05)
+        return not self.alive(pid)
+
+    @abstractmethod
+    def spawn_options(self) -> dict[str, Any]:
+        """Popen keywords that detach a long-lived child (QEMU, the agent) from its parent."""
+
+    @abstractmethod
+    def no_window_options(self) -> dict[str, Any]:
+        """Popen keywords for a short helper command that must not open a console window."""
+
+    @abstractmethod
+    def command_line_argv(self, pid: int, env: Mapping[str, str] | None = None) -> list[str]:
+        """The command that prints `pid`'s command line (where it cannot be read directly)."""
+
+    def command_line(self, pid: int) -> str:
+        """`pid`'s command line as one string, "" when it cannot be read."""
+        try:
+            argv = self.command_line_argv(pid)
+            return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, text=True,
+                                  encoding=self._command_line_encoding, errors="replace",
+                                  timeout=self._command_line_timeout, **self.no_window_options()).stdout
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return ""
+
+    _command_line_encoding: ClassVar[str | None] = None
+    _command_line_timeout: ClassVar[float] = 5.0
+
+    @abstractmethod
+    def try_lock(self, handle: Any) -> bool:
+        """Take an exclusive, non-blocking lock on an open file; False if someone else holds it."""
+
+    @abstractmethod
+    def executable(self, directory: str, name: str) -> Path:
+        """The program `name` in `directory`, spelled for this OS (e.g. qemu-img.exe on Windows)."""
+
+    # --- host facts --------------------------------------------------------------------------
+
+    @abstractmethod
+    def total_memory_mib(self) -> int:
+        """Physical memory in MiB; raises OSError, ValueError or SubprocessError if unknown."""
+
+    # --- endpoints -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def engine_endpoint(self, paths: Paths) -> Endpoint:
+        """Where the forwarded Docker Engine listens for this instance."""
+
+    @abstractmethod
+    def control_endpoint(self, paths: Paths) -> Endpoint:
+        """Where the instance's agent serves its control API."""
+
+    @abstractmethod
+    def docker_host(self, paths: Paths) -> str:
+        """DOCKER_HOST for the instance's engine endpoint."""
+
+    @abstractmethod
+    def engine_forwarder(self, endpoint: Endpoint, open_channel: Callable[[], Any], name: str = "engine") -> Any:
+        """A forwarder (start()/stop()) serving `endpoint`, one `open_channel()` per client."""
+
+    # --- private files -------------------------------------------------------------------------
+
+    @abstractmethod
+    def private_dir(self, directory: Path, *, tighten: bool = True, refuse_symlink: bool = False) -> None:
+        """Create `directory` (and its parents) so that only its owner can use it.
+
+        With `tighten`, an existing directory is checked to be ours (NotPrivateError otherwise)
+        and made private too; without it, an existing directory is left as it is (e.g. a parent
+        the user chose). `refuse_symlink` is for directories in shared places such as the temp dir.
+        """
+
+    @abstractmethod
+    def restrict(self, path: Path) -> None:
+        """Make an existing file readable by its owner only (a key, a disk image)."""
+
+    @abstractmethod
+    def _restrict_new(self, path: Path, fd: int, private: bool) -> None:
+        """Set the permissions of a just-created, still empty temp file before data goes in."""
+
+    def write_atomic(self, path: Path, data: bytes, *, private: bool = True) -> None:
+        """Write via a temp file + rename, so a crash never leaves a half-written file; with
+        `private` the file is owner-only before a byte is written (the rename keeps that)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            self._restrict_new(Path(tmp), fd, private)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def write_private_text(self, path: Path, text: str) -> None:
+        """An owner-only UTF-8 text file (no newline translation), its directory created if need be."""
+        path = Path(path)
+        self.private_dir(path.parent, tighten=False)
+        self.write_atomic(path, text.encode("utf-8"), private=True)
+
+
+def checked_pid(pid: int) -> int:
+    """`pid` as an int > 0: it ends up in a command line, so nothing else gets through."""
+    pid = int(pid)
+    if pid <= 0:
+        raise ValueError(f"not a process id: {pid}")
+    return pid

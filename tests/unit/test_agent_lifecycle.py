@@ -1,0 +1,352 @@
+"""The agent's lifecycle against a fake QEMU driver and a fake engine link: each scenario asserts
+the exact sequence of states a watcher of the status board receives (as qemu.qmp's tests assert
+runstates), and what was done to the VM."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hypervisor.agent.agent import Agent
+from hypervisor.agent.qemu_driver import Machine
+from hypervisor.agent.status_board import StatusBoard
+from hypervisor.control import Status
+from hypervisor.errors import MachineError, PinnaceError, SSHError, StateError
+from hypervisor.paths import Paths
+
+pytestmark = pytest.mark.timeout(30)
+
+MACHINE = Machine(pid=4242, ssh_port=2222, host_public="ssh-ed25519 AAAA", client_key=Path("/k"), accel="tcg")
+
+
+class FakeDriver:
+    """Records what the agent asked of the VM; `exited` ends a running QEMU from the test."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.running = False
+        self.expect_exit = False
+        self.exited = asyncio.Event()
+        self.exit_reason_text = "QEMU exited unexpectedly (killed by signal 9)"
+        self.boot_error: PinnaceError | None = None
+        self.adopt_error: PinnaceError | None = None
+        self.dies_while_booting = False
+
+    async def boot(self) -> Machine:
+        self.calls.append("boot")
+        self.expect_exit = False
+        self.exited = asyncio.Event()
+        if self.boot_error:
+            raise self.boot_error
+        self.running = True
+        return MACHINE
+
+    async def adopt(self, pid: int) -> Machine:
+        self.calls.append(f"adopt {pid}")
+        self.expect_exit = False
+        self.running = True
+        if self.adopt_error:
+            raise self.adopt_error
+        return MACHINE
+
+    async def wait_for_guest(self, deadline: float) -> None:
+        if self.dies_while_booting:
+            self.die()
+            await asyncio.sleep(3600)  # the exit watcher cancels the boot
+
+    async def follow_events(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def watch_virtiofsds(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def wait_exit(self) -> str:
+        await self.exited.wait()
+        return self.exit_reason_text
+
+    def die(self) -> None:
+        self.running = False
+        self.exited.set()
+
+    def alive(self) -> bool:
+        return self.running
+
+    async def hmp(self, command_line: str) -> str:
+        return ""
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+        self.expect_exit = True
+        self.die()
+
+    async def kill(self) -> None:
+        self.calls.append("kill")
+        self.expect_exit = True
+        self.die()
+
+    async def detach(self) -> None:
+        self.calls.append("detach")
+
+    async def release(self) -> None:
+        self.calls.append("release")
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.attach_error: PinnaceError | None = None
+
+    async def reach(self, machine: Machine, deadline: float) -> None:
+        self.calls.append("reach")
+
+    async def attach(self, hmp, ssh_port: int, deadline: float) -> None:  # noqa: ANN001
+        self.calls.append("attach")
+        if self.attach_error:
+            raise self.attach_error
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.paths = Paths.for_instance("lc", {"PINNACE_HOME": str(tmp_path)})
+        self.paths.ensure_dirs()
+        self.board = StatusBoard(Status(instance="lc"), self.paths.state_file)
+        self.driver = FakeDriver()
+        self.link = FakeLink()
+        self.agent = Agent(self.paths, driver=self.driver, link=self.link, board=self.board)  # type: ignore[arg-type]
+        self.queue = self.board.watch()
+
+    def states(self) -> list[str]:
+        """The states the watcher received so far, each change once (stages and facts between)."""
+        seen: list[str] = []
+        while not self.queue.empty():
+            status = self.queue.get_nowait()
+            if status is not None and (not seen or seen[-1] != status.state):
+                seen.append(status.state)
+        return seen
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    """asyncio.run: the watchers of a VM a scenario leaves running are cancelled at its end."""
+    return asyncio.run(coro)
+
+
+def test_boot_then_stop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        assert h.board.status.engine_version == "" and h.board.status.ready_at
+        await h.agent.operate("stop")
+        assert h.states() == ["stopped", "starting", "running", "stopping", "stopped"]
+        assert h.driver.calls == ["boot", "stop"]
+        assert h.link.calls == ["reach", "attach", "close"]
+        assert h.agent.finished.is_set()
+        assert h.board.status.stage == ""
+
+    run(scenario())
+
+
+def test_restart_boots_again_without_an_error_from_the_old_qemu(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        await h.agent.operate("restart")
+        await settle()  # the old QEMU's exit watcher must not report its (expected) exit
+        assert h.states() == ["stopped", "starting", "running", "stopping", "stopped", "starting", "running"]
+        assert h.driver.calls == ["boot", "stop", "boot"]
+        assert not h.agent.finished.is_set()
+
+    run(scenario())
+
+
+def test_reset_deletes_the_disk_and_keys_only_after_the_vm_stopped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        h.paths.data_disk.parent.mkdir(parents=True, exist_ok=True)
+        h.paths.data_disk.write_bytes(b"disk")
+        h.paths.keys_dir.mkdir(parents=True, exist_ok=True)
+        real_stop = h.driver.stop
+
+        async def stop_checking() -> None:
+            assert h.paths.data_disk.exists(), "deleted while the VM ran"
+            await real_stop()
+
+        h.driver.stop = stop_checking  # type: ignore[method-assign]
+        await h.agent.operate("reset")
+        assert not h.paths.data_disk.exists() and not h.paths.keys_dir.exists()
+        assert h.states() == ["stopped", "starting", "running", "stopping", "stopped", "starting", "running"]
+
+    run(scenario())
+
+
+def test_reset_refuses_to_delete_while_qemu_still_runs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        h.paths.data_disk.parent.mkdir(parents=True, exist_ok=True)
+        h.paths.data_disk.write_bytes(b"disk")
+
+        async def stop_that_fails_to_end_qemu() -> None:
+            h.driver.calls.append("stop")
+
+        h.driver.stop = stop_that_fails_to_end_qemu  # type: ignore[method-assign]
+        with pytest.raises(MachineError, match="still running"):
+            await h.agent.operate("reset")
+        assert h.paths.data_disk.read_bytes() == b"disk"
+
+    run(scenario())
+
+
+def test_stop_when_nothing_runs_just_ends_the_agent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.operate("stop")
+        assert h.states() == ["stopped"]
+        assert h.driver.calls == [] and h.agent.finished.is_set()
+
+    run(scenario())
+
+
+def test_after_a_failed_restart_stop_and_restart_still_work(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        h.driver.boot_error = MachineError("the guest failed to boot: engine")
+        with pytest.raises(MachineError):
+            await h.agent.operate("restart")
+        h.driver.boot_error = None
+        await h.agent.operate("restart")  # from error, with no QEMU: boots
+        h.driver.boot_error = MachineError("the guest failed to boot: engine")
+        with pytest.raises(MachineError):
+            await h.agent.operate("restart")
+        await h.agent.operate("stop")  # from error, with no QEMU: stopped
+        assert h.states() == ["stopped", "starting", "running", "stopping", "stopped", "starting", "error",
+                              "stopped", "starting", "running", "stopping", "stopped", "starting", "error",
+                              "stopped"]
+        assert h.driver.calls == ["boot", "stop", "boot", "kill", "boot", "stop", "boot", "kill"]
+        assert h.agent.finished.is_set()
+
+    run(scenario())
+
+
+def test_adopt_takes_the_previous_facts(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.agent.previous_status = {"accel": "kvm", "shares": [{"path": "/h"}], "state": "running"}
+        await h.agent.adopt(4242)
+        assert h.states() == ["stopped", "starting", "running"]
+        assert h.driver.calls == ["adopt 4242"]
+        assert h.board.status.accel == "kvm" and h.board.status.shares == [{"path": "/h"}]
+
+    run(scenario())
+
+
+def test_failed_adoption_never_kills_a_healthy_vm(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.link.attach_error = SSHError("guest sshd did not answer in time")
+        with pytest.raises(SSHError):
+            await h.agent.adopt(4242)
+        assert h.states() == ["stopped", "starting", "error"]
+        assert h.driver.calls == ["adopt 4242", "detach"]
+        assert h.driver.running  # untouched
+        assert "left running" in h.board.status.reason and "sshd" in h.board.status.reason
+
+    run(scenario())
+
+
+def test_boot_failure_ends_qemu_and_names_the_step(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.link.attach_error = MachineError("the engine did not answer /_ping in time")
+        with pytest.raises(MachineError):
+            await h.agent.boot()
+        assert h.states() == ["stopped", "starting", "error"]
+        assert h.driver.calls == ["boot", "kill"]
+        assert h.board.status.reason == "the engine did not answer /_ping in time"
+
+    run(scenario())
+
+
+def test_qemu_dying_during_boot_is_reported_with_its_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.driver.dies_while_booting = True
+        h.agent.boot_task = asyncio.create_task(h.agent.boot())
+        with pytest.raises(asyncio.CancelledError):
+            await h.agent.boot_task
+        assert h.states() == ["stopped", "starting", "error"]
+        assert h.board.status.reason == h.driver.exit_reason_text
+        assert h.driver.calls == ["boot", "release"]
+        assert h.agent.finished.is_set()
+
+    run(scenario())
+
+
+def test_qemu_dying_while_running_is_reported_before_any_teardown(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        seen_at_close: list[str] = []
+
+        async def slow_close() -> None:  # a teardown that hangs must not delay the report
+            seen_at_close.append(h.board.status.state)
+            await asyncio.sleep(0.2)
+
+        h.link.close = slow_close  # type: ignore[method-assign]
+        h.driver.die()
+        await asyncio.wait_for(h.agent.finished.wait(), 5)
+        assert seen_at_close == ["error"]
+        assert h.states() == ["stopped", "starting", "running", "error"]
+        assert h.board.status.reason == h.driver.exit_reason_text
+        assert h.driver.calls == ["boot", "release"]
+
+    run(scenario())
+
+
+def test_error_then_start_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.driver.boot_error = MachineError("no guest image for x86_64")
+        with pytest.raises(MachineError):
+            await h.agent.boot()
+        h.driver.boot_error = None
+        await h.agent.boot()
+        assert h.states() == ["stopped", "starting", "error", "starting", "running"]
+
+    run(scenario())
+
+
+def test_state_json_mirrors_the_board(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        import json
+
+        saved = json.loads(h.paths.state_file.read_text())
+        assert saved["state"] == "running" and saved["stage"] == "ready"
+        assert (h.paths.state_file.stat().st_mode & 0o777) == 0o600
+
+    run(scenario())
+
+
+def test_the_board_refuses_illegal_moves_and_unknown_facts(tmp_path: Path) -> None:
+    from hypervisor.agent.lifecycle import State
+
+    board = StatusBoard(Status(instance="x"), tmp_path / "state.json")
+    with pytest.raises(StateError):
+        board.to(State.RUNNING)
+    with pytest.raises(ValueError, match="not a status fact"):
+        board.update(state="running")
+    assert not board.try_to(State.STOPPING, "why")
+    assert board.status.state == "stopped"
