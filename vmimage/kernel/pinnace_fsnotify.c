@@ -13,11 +13,17 @@
  *   D <path>   a file was deleted: IN_DELETE in its directory
  *   X <path>   a directory was deleted: IN_DELETE | IN_ISDIR in its directory
  *
- * Events go to watchers of the path and of its directory, as if the change had been made here.
- * Nothing on the filesystem is touched. A path that no longer resolves (created and deleted on
- * the host before its line arrived) is reported by name to its directory's watchers only; one
- * whose directory is gone too is dropped. Only CAP_SYS_ADMIN may open the file (so not a default
- * container's root).
+ * Events go to watchers of the path itself and of its directory, as if the change had been made
+ * here; nothing on the filesystem is touched. A create or delete is reported to the directory by
+ * name even when the path no longer resolves (created and deleted on the host before its line
+ * arrived); a modify or attrib of a file that is gone again is dropped (its delete follows).
+ *
+ * Watchers hold inodes. virtiofs gives one inode per host file, but 9p without a metadata cache
+ * (cache=mmap, for coherence) makes a new inode at every lookup: the inode a container's watch
+ * holds is then a "twin" of the one a path resolves to now, with the same inode number. On such a
+ * filesystem the events go to every watched twin on the superblock.
+ *
+ * Only CAP_SYS_ADMIN may open the file (so not a default container's root).
  */
 #include <linux/capability.h>
 #include <linux/dcache.h>
@@ -31,6 +37,7 @@
 #include <linux/uaccess.h>
 
 #define REPLAY_LINE_MAX (PATH_MAX + 4)
+#define REPLAY_TWINS_MAX 8
 
 struct replay_line {
 	size_t len;
@@ -38,78 +45,140 @@ struct replay_line {
 	char data[REPLAY_LINE_MAX];
 };
 
-/* To the watchers of `name`'s directory, by name: for a path that no longer resolves. */
-static void replay_by_name(__u32 mask, const char *name)
+/* Whether lookups on this filesystem make a new inode for a file that already has one. */
+static bool replay_has_twins(struct super_block *sb)
 {
-	const char *slash = strrchr(name, '/');
-	struct path dir_path;
-	struct qstr last;
-	char *dir;
-
-	if (!slash || !slash[1])
-		return;
-	dir = kstrndup(name, slash == name ? 1 : slash - name, GFP_KERNEL);
-	if (!dir)
-		return;
-	if (!kern_path(dir, LOOKUP_DIRECTORY, &dir_path)) {
-		struct inode *dir_inode = d_inode(dir_path.dentry);
-
-		last = (struct qstr)QSTR_INIT(slash + 1, strlen(slash + 1));
-		fsnotify_name(mask, dir_inode, FSNOTIFY_EVENT_INODE, dir_inode, &last, 0);
-		path_put(&dir_path);
-	}
-	kfree(dir);
+	return !strcmp(sb->s_type->name, "9p");
 }
 
-static void replay_on_path(char op, const char *name)
+/*
+ * The watched inodes that stand for `inode`: itself if it is watched, and on a filesystem with
+ * twins every watched inode of the same number. Each one comes with a reference to drop.
+ */
+static int replay_watched(struct inode *inode, struct inode **found)
 {
-	struct path path;
-	struct dentry *parent;
+	struct super_block *sb = inode->i_sb;
+	struct inode *twin;
+	int n = 0;
 
-	if (kern_path(name, 0, &path)) {
-		if (op == 'M')
-			replay_by_name(FS_MODIFY, name);
-		else if (op == 'C')
-			replay_by_name(FS_CREATE, name);
+	if (!replay_has_twins(sb)) {
+		if (!inode->i_fsnotify_marks)
+			return 0;
+		ihold(inode);
+		found[0] = inode;
+		return 1;
+	}
+	spin_lock(&sb->s_inode_list_lock);
+	list_for_each_entry(twin, &sb->s_inodes, i_sb_list) {
+		if (twin->i_ino != inode->i_ino || !twin->i_fsnotify_marks)
+			continue;
+		spin_lock(&twin->i_lock);
+		if (twin->i_state & (I_NEW | I_FREEING | I_WILL_FREE)) {
+			spin_unlock(&twin->i_lock);
+			continue;
+		}
+		__iget(twin);
+		spin_unlock(&twin->i_lock);
+		found[n++] = twin;
+		if (n == REPLAY_TWINS_MAX)
+			break;
+	}
+	spin_unlock(&sb->s_inode_list_lock);
+	return n;
+}
+
+/* `mask` to the watched twins of `inode` (its own watchers: no name). */
+static void replay_to_self(struct inode *inode, __u32 mask)
+{
+	struct inode *found[REPLAY_TWINS_MAX];
+	int i, n = replay_watched(inode, found);
+
+	for (i = 0; i < n; i++) {
+		fsnotify_inode(found[i], mask);
+		iput(found[i]);
+	}
+}
+
+/* A directory entry event (create, delete) for `name` to the watchers of `dir`. */
+static void replay_dirent(struct inode *dir, const struct qstr *name, __u32 mask)
+{
+	struct inode *found[REPLAY_TWINS_MAX];
+	int i, n = replay_watched(dir, found);
+
+	for (i = 0; i < n; i++) {
+		fsnotify_name(mask, found[i], FSNOTIFY_EVENT_INODE, found[i], name, 0);
+		iput(found[i]);
+	}
+}
+
+/*
+ * An event on the child `inode` (modify, attrib): to the watchers of its directory, with its
+ * name, and to its own, without - what fsnotify_parent() does for a change made here.
+ */
+static void replay_on_child(struct inode *dir, struct inode *inode, const struct qstr *name, __u32 mask)
+{
+	struct inode *found[REPLAY_TWINS_MAX];
+	int i, n;
+
+	if (S_ISDIR(inode->i_mode))
+		mask |= FS_ISDIR;
+	if (!replay_has_twins(inode->i_sb)) {
+		fsnotify(mask | FS_EVENT_ON_CHILD, inode, FSNOTIFY_EVENT_INODE, dir, name, inode, 0);
 		return;
 	}
-	switch (op) {
-	case 'M':
-		fsnotify_dentry(path.dentry, FS_MODIFY);
-		fsnotify_dentry(path.dentry, FS_CLOSE_WRITE);
-		break;
-	case 'A':
-		fsnotify_dentry(path.dentry, FS_ATTRIB);
-		break;
-	case 'C':
-		parent = dget_parent(path.dentry);
-		if (d_is_dir(path.dentry))
-			fsnotify_mkdir(d_inode(parent), path.dentry);
-		else
-			fsnotify_create(d_inode(parent), path.dentry);
-		dput(parent);
-		break;
+	/* the inode a lookup just made has no watchers; its watched twins get theirs below */
+	n = replay_watched(dir, found);
+	for (i = 0; i < n; i++) {
+		fsnotify(mask | FS_EVENT_ON_CHILD, inode, FSNOTIFY_EVENT_INODE, found[i], name, inode, 0);
+		iput(found[i]);
 	}
-	path_put(&path);
+	replay_to_self(inode, mask);
 }
 
 static void replay_line(const char *line, size_t len)
 {
+	const char *name = line + 2, *slash;
+	struct path dir_path, path;
+	struct qstr last;
+	bool is_dir = false;
+	__u32 mask;
+	char *dir;
+
 	if (len < 3 || line[1] != ' ' || line[2] != '/')
 		return;
 	switch (line[0]) {
-	case 'M':
-	case 'A':
-	case 'C':
-		replay_on_path(line[0], line + 2);
-		break;
-	case 'D':
-		replay_by_name(FS_DELETE, line + 2);
-		break;
-	case 'X':
-		replay_by_name(FS_DELETE | FS_ISDIR, line + 2);
-		break;
+	case 'M': mask = FS_MODIFY; break;
+	case 'A': mask = FS_ATTRIB; break;
+	case 'C': mask = FS_CREATE; break;
+	case 'D': mask = FS_DELETE; break;
+	case 'X': mask = FS_DELETE; is_dir = true; break;
+	default: return;
 	}
+	slash = strrchr(name, '/');
+	if (!slash[1])
+		return;
+	last = (struct qstr)QSTR_INIT(slash + 1, strlen(slash + 1));
+	dir = kstrndup(name, slash == name ? 1 : slash - name, GFP_KERNEL);
+	if (!dir)
+		return;
+	if (kern_path(dir, LOOKUP_DIRECTORY, &dir_path))
+		goto out;
+	if (mask == FS_CREATE || mask == FS_DELETE) {
+		if (mask == FS_CREATE && !kern_path(name, 0, &path)) {
+			is_dir = d_is_dir(path.dentry);
+			path_put(&path);
+		}
+		replay_dirent(d_inode(dir_path.dentry), &last, mask | (is_dir ? FS_ISDIR : 0));
+	} else if (!kern_path(name, 0, &path)) {
+		/* a file already gone again has no inode to be modified: its delete follows */
+		replay_on_child(d_inode(dir_path.dentry), d_inode(path.dentry), &last, mask);
+		if (mask == FS_MODIFY)
+			replay_on_child(d_inode(dir_path.dentry), d_inode(path.dentry), &last, FS_CLOSE_WRITE);
+		path_put(&path);
+	}
+	path_put(&dir_path);
+out:
+	kfree(dir);
 }
 
 static int replay_open(struct inode *inode, struct file *file)
