@@ -228,6 +228,17 @@ class EngineStream:
                 self._conn.shutdown(socket.SHUT_RDWR)
 
 
+def read_head(stream: Stream) -> bytes:
+    """Bytes up to and past the end of an HTTP response head; ValueError if the stream ends first."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = stream.recv(65536)
+        if not chunk:
+            raise ValueError("the engine closed the connection before answering")
+        raw += chunk
+    return raw
+
+
 def open_get(address: str | Path, path: str, split: Splitter) -> EngineStream:
     """Send a streaming GET and read its head; EngineError when unreachable or refused."""
     try:
@@ -236,13 +247,7 @@ def open_get(address: str | Path, path: str, split: Splitter) -> EngineStream:
         raise _unreachable(address, exc) from exc
     try:
         conn.sendall(request_bytes("GET", path))
-        raw = b""
-        while b"\r\n\r\n" not in raw:
-            chunk = conn.recv(65536)
-            if not chunk:
-                raise ValueError("the engine closed the connection before answering")
-            raw += chunk
-        code, body = parse_response(raw)
+        code, body = parse_response(read_head(conn))
         if code >= 400:
             while chunk := conn.recv(65536):
                 body += chunk

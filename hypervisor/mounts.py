@@ -39,10 +39,24 @@ range of the medians of the runs that had that variant: 9p in 3 runs, each virti
   makes virtiofs 4.6-13x faster than 9p for sequential I/O (the guest hands its buffers straight to
   virtiofsd) and is fully coherent, but the kernel refuses MAP_SHARED on its files (ENODEV: the
   C daemon predates FUSE_DIRECT_IO_ALLOW_MMAP), which breaks sqlite's WAL, LMDB and the like; a
-  1 s attribute cache is the smaller price. The host was noisy (its create phase took 0.2-2.9 s
-  across rounds), hence interleaving and ranges. Memory: QEMU's RSS 20 s after the engine
-  answered, 2 GiB guest: 643 MiB with private guest RAM, 637 MiB with the shared memfd (the same
-  guest pages, counted as shmem), plus ~2.4 MiB PSS per virtiofsd: no measurable cost.
+  1 s attribute cache seemed the smaller price — until it served cut-off files (above). The host
+  was noisy (its create phase took 0.2-2.9 s across rounds), hence interleaving and ranges.
+  Memory: QEMU's RSS 20 s after the engine answered, 2 GiB guest: 643 MiB with private guest RAM,
+  637 MiB with the shared memfd (the same guest pages, counted as shmem), plus ~2.4 MiB PSS per
+  virtiofsd: no measurable cost.
+
+What coherence costs (same benchmark, 2026-12-01, one run, 3 interleaved rounds, medians;
+128 MB sequential, 2,000 x 1 KB files):
+
+                          128 MB write / read      2,000 x 1 KB: create / stat / read / delete   small-file total
+    host native          1742 / 15422 MB/s           1.71 s / 4 ms / 11 ms / 25 ms                  1.75 s
+    9p, cache=mmap         63 /   127 MB/s          10.19 / 4.15 / 6.48 / 4.25 s                    25.1 s
+    virtiofs, auto         71 /   180 MB/s           6.08 / 0.71 / 3.30 / 1.82 s                    11.9 s
+    virtiofs, coherent     69 /   167 MB/s           9.28 / 3.01 / 5.90 / 3.67 s                    21.9 s
+
+  Coherence costs small-file workloads 1.8x against auto (every lookup and stat asks the host);
+  sequential I/O is unchanged (data caching is the same). Coherent virtiofs still beats 9p on
+  small files (1.15x: stat 1.4x, delete 1.2x) and reads, so it stays auto's choice.
 
 So auto picks virtiofs on Linux when a usable virtiofsd is found (hypervisor/virtiofsd.py: the
 Rust daemon, or QEMU's C one when the agent runs as root), else 9p; 9p on macOS (no virtiofsd, no

@@ -71,13 +71,10 @@ class EngineClient:
         holder.append(chan)
         try:
             chan.sendall(engine.request_bytes("GET", events_path()))
-            buffer = b""
-            while b"\r\n\r\n" not in buffer:
-                chunk = chan.recv(65536)
-                if not chunk:
-                    raise ForwardError("the engine closed the event stream")
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            try:
+                head, _, buffer = engine.read_head(chan).partition(b"\r\n\r\n")
+            except ValueError as exc:
+                raise ForwardError("the engine closed the event stream") from exc
             code, _ = engine.parse_response(head + b"\r\n\r\n")
             if code != 200:
                 raise ForwardError(f"engine answered {code} to GET /events")
