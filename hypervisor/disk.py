@@ -31,6 +31,19 @@ def info_argv(qemu_img: Path, disk: Path) -> list[str]:
     return [str(qemu_img), "info", "--output=json", "-U", str(disk)]
 
 
+def map_argv(qemu_img: Path, disk: Path) -> list[str]:
+    return [str(qemu_img), "map", "--output=json", "-U", str(disk)]
+
+
+def is_blank(qemu_img: Path, disk: Path) -> bool:
+    """Whether the guest never wrote to `disk` (no data cluster allocated): a first boot that died
+    before formatting it. Only a blank disk may be formatted; anything else is the user's data."""
+    if not disk.exists():
+        return True
+    extents = json.loads(_run(map_argv(qemu_img, disk), f"cannot read the data disk {disk}"))
+    return not any(extent.get("data") for extent in extents)
+
+
 def lock_check_argv(qemu_img: Path, disk: Path) -> list[str]:
     """Without -U: qemu-img then takes the image's lock, which a running QEMU holds."""
     return [str(qemu_img), "info", "--output=json", str(disk)]

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -63,6 +64,7 @@ class Agent:
         self.finished = asyncio.Event()
         self.boot_task: asyncio.Task[None] | None = None
         self._vm_tasks: set[asyncio.Task[Any]] = set()  # watchers of the current VM, ended with it
+        self._stop_requested: asyncio.Task[None] | None = None
 
     # --- control operations ----------------------------------------------------------------
 
@@ -208,6 +210,29 @@ class Agent:
 
     # --- main ------------------------------------------------------------------------------
 
+    def _stop_on_signals(self) -> None:
+        """SIGTERM, SIGHUP, SIGINT (a logout, a shutdown, Ctrl-C): the guest powers off cleanly
+        instead of QEMU dying with the agent's session."""
+        loop = asyncio.get_running_loop()
+
+        def stop(name: str) -> None:
+            log.info("%s: stopping the VM cleanly", name)
+            if self._stop_requested is None:
+                self._stop_requested = loop.create_task(self._stop_quietly(), name="signal-stop")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop, sig.name)
+            except (NotImplementedError, RuntimeError, ValueError):  # no POSIX signals (Windows)
+                return
+
+    async def _stop_quietly(self) -> None:
+        try:
+            await self.operate("stop")
+        except PinnaceError as exc:
+            log.error("stop on signal: %s", exc)
+            self.finished.set()
+
     async def run(self) -> int:
         pid = process.read_pidfile(self.paths.qemu_pidfile)
         adopting = process.is_our_qemu(pid, self.paths.instance)
@@ -215,6 +240,7 @@ class Agent:
         self.board.to(State.STARTING, "re-adopting the running VM" if adopting else "starting")
         address = self.platform.control_endpoint(self.paths)
         server = await serve(self.control.handle, address)
+        self._stop_on_signals()
         try:
             self.boot_task = asyncio.create_task(self.adopt(pid or 0) if adopting else self.boot(), name="boot")
             with contextlib.suppress(PinnaceError, asyncio.CancelledError):

@@ -127,6 +127,10 @@ class QemuDriver:
         self.platform.write_private_text(rt / "shares", mounts.fw_cfg_text(shares))
         done = disk.ensure(qemu_img, self.paths.data_disk, settings.disk_gib)
         log.info("data disk %s: %s (%d GiB)", self.paths.data_disk, done, settings.disk_gib)
+        # The guest formats the disk only when told it is new: a damaged filesystem is repaired or
+        # refused, never replaced.
+        fresh = done == "created" or disk.is_blank(qemu_img, self.paths.data_disk)
+        self.platform.write_private_text(rt / "data_fresh", "1\n" if fresh else "0\n")
 
         port = free_loopback_port()
         self.platform.write_private_text(self.paths.ssh_port_file, str(port))
@@ -137,6 +141,7 @@ class QemuDriver:
             fw_cfg=(("opt/pinnace/ssh_host_key", keys.host_key),
                     ("opt/pinnace/authorized_keys", rt / "authorized_keys"),
                     ("opt/pinnace/hostname", rt / "hostname"),
+                    ("opt/pinnace/data_fresh", rt / "data_fresh"),
                     (mounts.FW_CFG_NAME, rt / "shares")),
             serial_log=self.paths.serial_log, qmp_socket=self.qmp_address(fresh=True),
             pidfile=self.paths.qemu_pidfile, shares=tuple(shares), share_socket_dir=self.paths.socket_dir,
@@ -185,6 +190,9 @@ class QemuDriver:
         while time.monotonic() < deadline:
             for event in tail.events():
                 if event.kind == "failed":
+                    if event.value.startswith("data disk"):  # kept as it is: say where, and the way out
+                        raise MachineError(f"the guest failed to boot: {event.value}; the disk is kept at "
+                                           f"{self.paths.data_disk} (`pinnace reset` starts over with a new one)")
                     raise MachineError(f"the guest failed to boot: {event.value} (see {self.paths.serial_log})")
                 if event.kind == "ready":
                     return

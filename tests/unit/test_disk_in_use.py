@@ -50,3 +50,11 @@ def test_a_disk_held_by_a_running_qemu_is_not_deleted(data_disk: Path, tmp_path:
 
 def test_no_disk_is_not_in_use(tmp_path: Path) -> None:
     assert disk.in_use(QEMU_IMG, tmp_path / "none.qcow2") is None
+
+
+def test_only_a_disk_the_guest_never_wrote_counts_as_blank(data_disk: Path) -> None:
+    """What lets the guest format it: a first boot that died before mkfs leaves a blank disk."""
+    assert disk.is_blank(QEMU_IMG, data_disk)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x53 4096 4096", str(data_disk)], check=True,
+                   capture_output=True)
+    assert not disk.is_blank(QEMU_IMG, data_disk)
