@@ -40,6 +40,12 @@ def zero(disk: Path, offset: int, length: int) -> None:
                    capture_output=True)
 
 
+def disk_in_use(disk: Path) -> str | None:
+    from hypervisor.disk import in_use
+
+    return in_use(Path(shutil.which("qemu-img") or "qemu-img"), disk)
+
+
 def started(vm: Instance) -> None:
     done = vm.pinnace("start")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -98,8 +104,33 @@ def test_damaged_superblock_is_repaired_or_refused_never_formatted(faults_vm: In
     assert failed.returncode == 1
     assert "it was not formatted" in failed.stderr and str(disk) in failed.stderr, failed.stderr
     assert "pinnace reset" in failed.stderr
+    # the failure is reported first; the failed boot's QEMU is ended right after
+    wait_for("QEMU to let go of the disk", lambda: disk_in_use(disk) is None, 30)
     same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(before), str(disk)],
                           capture_output=True, text=True)
     assert same.returncode == 0, same.stdout + same.stderr
     status = vm.pinnace("status")
     assert "error" in status.stdout and "not formatted" in status.stdout, status.stdout
+
+
+@pytest.mark.timeout(300)
+def test_no_container_reaches_the_guest_sshd(vm_instance: Instance, busybox: str) -> None:
+    """Any image could otherwise attack sshd before authentication, or hold its slots so the agent
+    cannot reconnect: on every guest address, not even the banner answers."""
+    vm = vm_instance
+    gateway = json.loads(vm.docker("network", "inspect", "bridge").stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+    for address in (gateway, "10.0.2.15", "10.0.2.16"):
+        probe = vm.docker("run", "--rm", busybox, "sh", "-c", f"echo | nc -w 3 {address} 22; true", timeout=120)
+        assert "SSH-" not in probe.stdout, (address, probe.stdout)
+    # the host's own way in still works
+    assert vm.pinnace("ssh", "--", "echo reachable").stdout.strip() == "reachable"
+    # and the probe itself works: the same nc reaches a server in another container
+    server = vm.docker("run", "-d", busybox, "sh", "-c", "mkdir -p /www && echo hi > /www/index.html && "
+                       "exec httpd -f -p 8080 -h /www").stdout.strip()
+    try:
+        ip = json.loads(vm.docker("inspect", server).stdout)[0]["NetworkSettings"]["IPAddress"]
+        answer = vm.docker("run", "--rm", busybox, "sh", "-c",
+                           f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080; true", timeout=120)
+        assert "HTTP/" in answer.stdout, answer.stdout
+    finally:
+        vm.docker("rm", "-f", server, check=False)
