@@ -227,7 +227,7 @@ class UnixSocketForwarder:
             raise ForwardError(f"{self.name} forwarder already started on {self.listen_path}")
         path = self.listen_path
         _prepare_private_dir(path.parent)
-        _remove_stale_socket(path)
+        remove_stale_socket(path)
         self._listener = _bind_private(path)
         st = os.stat(path)
         self._identity = (st.st_dev, st.st_ino)
@@ -327,7 +327,7 @@ def _prepare_private_dir(directory: Path) -> None:
         raise ForwardError(f"socket directory {e}") from e
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
     """Remove a socket file nobody accepts on; refuse to touch a live socket or a non-socket."""
     try:
         st = os.lstat(path)

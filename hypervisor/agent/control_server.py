@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.control import OPS, decode, encode, is_pipe
 from hypervisor.errors import ControlError, PinnaceError
+from hypervisor.forward import remove_stale_socket
 
 log = logging.getLogger("pinnace.agent")
 
@@ -72,22 +72,14 @@ class ControlServer:
 async def serve(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
                 address: Path | str) -> asyncio.AbstractServer:
     """Listen on the agent's control endpoint: an owner-only named pipe, or a unix socket (0600
-    in the 0700 runtime dir) that a live agent must not already serve."""
+    in the 0700 runtime dir) that a live agent must not already serve (the engine forwarder's
+    own check)."""
     if is_pipe(address):
         from hypervisor.forward_windows import start_pipe_server
 
         return await start_pipe_server(handle, str(address))  # type: ignore[return-value]
     path = Path(address)
-    if path.exists():
-        probe = socket.socket(socket.AF_UNIX)
-        probe.settimeout(0.5)
-        try:
-            probe.connect(str(path))
-            raise ControlError(f"another agent already serves {path}")
-        except OSError:
-            path.unlink(missing_ok=True)
-        finally:
-            probe.close()
+    remove_stale_socket(path)  # a crashed agent's leftover goes; a live agent's socket is refused
     server = await asyncio.start_unix_server(handle, path=str(path))
     path.chmod(0o600)
     return server
