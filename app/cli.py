@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from app import dockerctx
+from app import dockerctx, shell_env
 from hypervisor import engine, launcher, operations
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accel", choices=sorted(settings_mod.ACCELS))
     s.add_argument("--use-context", action="store_true", help="also make `pinnace` the current docker context")
     sub.add_parser("stop", help="shut the VM down cleanly")
+    sub.add_parser("pause", help="pause the VM (it keeps its memory and uses no CPU); start resumes it")
     sub.add_parser("restart", help="stop, then start")
     st = sub.add_parser("status", help="state, accelerator, resources, socket")
     st.add_argument("--json", action="store_true")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("ssh", help="a shell (or a command) in the guest")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
     e = sub.add_parser("env", help="print DOCKER_HOST for your shell")
-    e.add_argument("--shell", choices=["sh", "fish", "powershell"], default=dockerctx.default_shell())
+    e.add_argument("--shell", choices=shell_env.SHELLS, default=dockerctx.default_shell())
     img = sub.add_parser("image", help="build or describe the guest image")
     image_cli.add_arguments(img)
     sub.add_parser("tray", help="start the tray app")
@@ -132,6 +133,10 @@ def describe(status: Status) -> str:
         lines.append(f"resources  {status.cpus} CPUs, {_mib(status.memory_mib)} memory, {status.disk_gib} GiB disk")
     if status.engine_version:
         lines.append(f"engine     Docker {status.engine_version}")
+    if status.clock_offset_s is not None and status.state in ("running", "paused"):
+        lines.append(f"clock      guest {status.clock_offset_s:+.3f} s from the host")
+    if status.clock_warning:
+        lines.append(f"warning    {status.clock_warning}")
     if status.docker_socket:
         lines.append(f"socket     {status.docker_socket}")
     for i, share in enumerate(status.shares):
@@ -182,6 +187,7 @@ STEP_LINES = {
     Step.STOPPING: "Stopping '{name}'…",
     Step.RESTARTING: "Restarting '{name}'…",
     Step.WIPED: "data disk and keys deleted; starting fresh…",
+    Step.RESUMING: "Resuming the paused instance '{name}'…",
 }
 
 
@@ -235,6 +241,13 @@ def cmd_stop(paths: Paths, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(paths: Paths, _args: argparse.Namespace) -> int:
+    status = operations.pause(paths)
+    print(f"pinnace: instance '{paths.instance}' is paused; `pinnace start` resumes it"
+          if status.state == "paused" else f"pinnace: instance '{paths.instance}' is {status.state}")
+    return 0 if status.state == "paused" else 1
+
+
 def cmd_restart(paths: Paths, _args: argparse.Namespace) -> int:
     try:
         final = operations.restart(paths, on_step=announce(paths), on_update=Progress())
@@ -250,7 +263,7 @@ def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
         print(json.dumps(status.to_dict(), indent=2))
     else:
         print(describe(status))
-    return 0 if status.state != "error" else 1
+    return 0 if status.state not in ("error", "paused") else 1
 
 
 def usage_line(usage: engine.EngineUsage | None) -> str:
@@ -309,7 +322,12 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_config(paths: Paths, args: argparse.Namespace) -> int:
     host, disk_gib = _host(), _current_disk_gib(paths)
-    current = load_settings(paths, host, disk_gib)
+    if args.config_command == "set" and args.key == "shares":
+        # Setting the shares replaces a list the guest refuses (a file edited by hand): read the
+        # file without validating it; set_value validates the result, existence included.
+        current = settings_mod.load(paths.settings_file, host, disk_gib, validated=False)
+    else:
+        current = load_settings(paths, host, disk_gib)
     if args.config_command == "show":
         print(settings_mod.to_toml(current), end="")
         return 0
@@ -325,8 +343,13 @@ def cmd_config(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
-    for line in dockerctx.env_lines(launcher.docker_host(paths), args.shell):
-        print(line)
+    """Quoted for the shell: the path may hold a space (macOS), a quote or a dollar sign."""
+    try:
+        lines = shell_env.env_lines({"DOCKER_HOST": launcher.docker_host(paths)}, args.shell)
+    except ValueError as exc:  # cmd.exe cannot carry every value
+        print(f"pinnace: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 
@@ -364,7 +387,7 @@ def cmd_tray(paths: Paths, _args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "start": cmd_start, "stop": cmd_stop, "restart": cmd_restart, "status": cmd_status,
+    "start": cmd_start, "stop": cmd_stop, "pause": cmd_pause, "restart": cmd_restart, "status": cmd_status,
     "reset": cmd_reset, "logs": cmd_logs, "config": cmd_config, "env": cmd_env, "ssh": cmd_ssh,
     "tray": cmd_tray,
 }

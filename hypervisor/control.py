@@ -1,7 +1,8 @@
 r"""The host agent's control API: JSON lines over a private unix socket (0600 in a 0700 dir), or on
 Windows over an owner-only named pipe (\\.\pipe\pinnace-<instance>-control).
 
-Requests are one JSON object per line: {"op": "status" | "stop" | "restart" | "reset" | "watch"}.
+Requests are one JSON object per line: {"op": "status" | "stop" | "restart" | "reset" | "pause" |
+"resume" | "watch"}.
 Replies are {"ok": true, "result": {...}} or {"ok": false, "error": "one line"}. `watch` keeps
 the connection open and sends {"event": "status", "result": {...}} on every change, starting
 with the current status. The CLI and the tray are both clients; either may come and go.
@@ -20,7 +21,7 @@ from typing import Any
 from hypervisor.errors import ControlError
 from hypervisor.paths import PIPE_PREFIX
 
-OPS = ("status", "stop", "restart", "reset", "watch")
+OPS = ("status", "stop", "restart", "reset", "pause", "resume", "watch")
 
 
 def is_pipe(address: Path | str) -> bool:
@@ -53,6 +54,9 @@ class Status:
     # host folders in the guest: {"path", "read_only", "transport"} each; why that transport
     shares: list[dict[str, Any]] = field(default_factory=list)
     share_transport_reason: str = ""
+    # the guest clock's offset from the host's (s, + = ahead) when last measured; why it could not be set
+    clock_offset_s: float | None = None
+    clock_warning: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -80,3 +80,8 @@ class ForwardError(PinnaceError):
 
 class EngineError(PinnaceError):
     """The forwarded Docker engine could not be reached or refused a request."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot serve now for a reason the user must see (the VM is paused): the socket
+    forwarder answers docker clients with this message instead of leaving them hanging."""

@@ -10,6 +10,7 @@ only stalls its own connection, and back-pressure is simply "don't read until th
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import queue
@@ -24,7 +25,7 @@ from typing import Any
 import paramiko
 
 from hypervisor import platform as host_platform
-from hypervisor.errors import ForwardError
+from hypervisor.errors import EngineUnavailableError, ForwardError
 from hypervisor.platform import NotPrivateError
 
 log = logging.getLogger(__name__)
@@ -296,10 +297,24 @@ class UnixSocketForwarder:
                 self._connections.add(conn)
             self._workers.submit(self._serve, conn)
 
+    def abort_all(self) -> int:
+        """Drop every live connection (their requests cannot finish: a VM paused on a full disk);
+        the clients get an error instead of waiting for ever. Returns how many were dropped."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.abort()
+        return len(connections)
+
     def _serve(self, conn: _Connection) -> None:
         try:
             try:
                 conn.chan = self._open_channel()
+            except EngineUnavailableError as e:  # say why in the client's own protocol
+                log.info("%s: answering a client with: %s", self.name, e)
+                answer_unavailable(conn.client, str(e))
+                conn.close()
+                return
             except Exception as e:  # any failure must refuse the client promptly, never hang it
                 log.warning("%s: refusing client, cannot open a channel to the guest: %s", self.name, e)
                 conn.close()
@@ -317,6 +332,38 @@ class UnixSocketForwarder:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+
+
+REQUEST_HEAD_LIMIT = 64 * 1024
+REFUSAL_READ_S = 1.0
+
+
+def unavailable_response(message: str) -> bytes:
+    """An HTTP 503 in the engine API's error shape, so `docker` prints "Error response from
+    daemon: <message>" and exits at once."""
+    body = json.dumps({"message": message}).encode()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def answer_unavailable(client: socket.socket, message: str) -> None:
+    """Read the request head (a reply before it can reset the connection), answer 503, then drain
+    briefly so closing with unread bytes does not turn the answer into a reset."""
+    client.settimeout(REFUSAL_READ_S)
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < REQUEST_HEAD_LIMIT:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        client.sendall(unavailable_response(message))
+        client.shutdown(socket.SHUT_WR)
+        while client.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 def _prepare_private_dir(directory: Path) -> None:

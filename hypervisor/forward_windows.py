@@ -249,6 +249,15 @@ class NamedPipeForwarder:
 
         future.add_done_callback(accepted)
 
+    def abort_all(self) -> int:
+        """Drop every live connection (see UnixSocketForwarder.abort_all)."""
+        with self._relays_lock:
+            relays = list(self._relays)
+        if self._thread is not None:
+            for relay in relays:
+                self._loop.call_soon_threadsafe(relay._abort)
+        return len(relays)
+
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return

@@ -75,8 +75,9 @@ def _pub_path(private_path: Path) -> Path:
 
 
 def public_line(private_path: Path, comment: str = "") -> str:
-    """The OpenSSH public line derived from the private key itself (the .pub file is not trusted)."""
-    data = Path(private_path).read_bytes()
+    """The OpenSSH public line derived from the private key itself (the .pub file is not trusted);
+    read without following a symlink planted at the key's name (NotPrivateError)."""
+    data = host_platform.current().read_private(Path(private_path))
     key = serialization.load_ssh_private_key(data, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{private_path} is not an ed25519 key")

@@ -70,7 +70,7 @@ def spawn_agent(paths: Paths) -> subprocess.Popen[bytes]:
     with open(paths.log_dir / "agent.stderr.log", "ab") as err:
         proc = subprocess.Popen(agent_argv(paths), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                 env=dict(os.environ), **process.spawn_options())
-    paths.agent_pidfile.write_text(str(proc.pid))
+    host_platform.current().write_private_text(paths.agent_pidfile, str(proc.pid))
     return proc
 
 
@@ -105,7 +105,7 @@ def last_status(paths: Paths) -> Status:
         status = Status.from_dict(json.loads(paths.state_file.read_text()))
     except (OSError, ValueError):
         return status
-    if status.state in ("running", "starting", "stopping") and not qemu_running(paths):
+    if status.state in ("running", "starting", "stopping", "paused") and not qemu_running(paths):
         status.reason = "the VM is no longer running (its QEMU process is gone)"
         status.state = "error"
     status.agent_pid = None

@@ -71,21 +71,58 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hypervisor.errors import MachineError
-from hypervisor.settings import Share
+from hypervisor.errors import MachineError, SettingsError
+
+if TYPE_CHECKING:  # settings imports this module (its validator refuses guest system paths)
+    from hypervisor.settings import Share
 
 log = logging.getLogger("pinnace.mounts")
 
 TAG_PREFIX = "pinnace"
 FW_CFG_NAME = "opt/pinnace/shares"
 
-# Guest paths a share must never cover: the guest's own system (a share on / or /usr would hide it).
-GUEST_RESERVED = ("/", "/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/var", "/var/lib",
-                  "/var/lib/docker", "/var/lib/containerd", "/var/run", "/run", "/proc", "/sys",
-                  "/dev", "/data", "/tmp")
-
+# Guest paths a share may not be at, under, or above (a share is mounted at the same path in the
+# guest, over whatever is there: one above these would hide them all). Each is something the guest
+# itself uses (vmimage/guest/init, boot, engine, vmimage/rootfs.py); the text names it in errors.
+GUEST_SYSTEM_PATHS: dict[str, str] = {
+    # links into /usr in the merged-/usr image (rootfs.MERGED_USR); lib32/libx32 for good measure
+    "/bin": "its programs (a link to /usr/bin)",
+    "/sbin": "its programs (a link to /usr/sbin)",
+    "/lib": "its libraries (a link to /usr/lib)",
+    "/lib32": "its libraries",
+    "/lib64": "its libraries (a link to /usr/lib64)",
+    "/libx32": "its libraries",
+    # programs and libraries; /usr/local/bin holds the busybox links the boot script creates
+    "/usr": "its programs and libraries",
+    # sshd_config, docker's daemon.json, containerd's config, passwd, hosts, resolv.conf
+    "/etc": "its configuration",
+    # kernel file systems and the tmpfs of sockets, pids and the per-instance keys (/run/pinnace)
+    "/proc": "the kernel's process file system",
+    "/sys": "the kernel's sysfs (and cgroups)",
+    "/dev": "its devices",
+    "/run": "its sockets and runtime state (the engine socket, the SSH keys)",
+    # the data disk, and the engine's state bind-mounted from it
+    "/data": "the data disk (images, containers, volumes)",
+    "/var/lib": "the engine's state (/var/lib/docker, /var/lib/containerd, from the data disk)",
+    "/var/run": "its sockets (a link to /run)",
+    "/var/log": "the engine's logs (dockerd.log, which the boot waits on)",
+    "/var/empty": "sshd's privilege-separation directory",
+    # the root overlay's read-only lower layer and its RAM upper layer (vmimage/guest/init)
+    "/mnt/ro": "the root image (the overlay's lower layer)",
+    "/mnt/rw": "the root overlay's writable layer",
+}
+# Guest paths a share may not BE, though a folder under them is fine: the guest mounts its own
+# tmpfs there before the shares, so /tmp/x mounts over a directory of it (pytest's tmp_path, the
+# integration tests' folders), while /tmp itself would hide it.
+GUEST_MOUNT_POINTS: dict[str, str] = {
+    "/tmp": "its temporary files (a folder under /tmp can be shared)",
+}
+# Not listed, on purpose: /root (root's home in the guest holds nothing: sshd takes its keys from
+# /run/pinnace, and it is the default share when the host user is root), /home, /Users, /opt,
+# /srv, /media, /Volumes, /mnt/<other>, /var/<other> (macOS keeps $TMPDIR in /var/folders and
+# root's home at /var/root), and /private (macOS's /private/tmp): the guest has nothing there.
 
 TRANSPORTS = ("9p", "virtiofs")
 # What share_transport = "auto" picks on Linux when virtiofsd is usable: the measured winner (above).
@@ -138,22 +175,57 @@ def choose_transport(setting: str, host_os: str, virtiofs_problem: str | None,
     return AUTO_LINUX, f"auto: {AUTO_LINUX}, the faster transport measured on Linux"
 
 
-def _problem(path: str, is_dir: bool) -> str | None:
+class ShareError(SettingsError):
+    """A shared folder in the settings cannot be set up (names the folder and the way out)."""
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def guest_path_problem(path: str) -> str | None:
+    """Why a share cannot be mounted at `path` in the guest, or None: `path` is, is under, or is a
+    parent of a guest system path. Pure; only absolute POSIX paths are judged here (the callers
+    refuse relative ones; Windows paths are shared nowhere)."""
     if not posixpath.isabs(path):
-        return "not an absolute POSIX path"
-    if any(ch in path for ch in "\t\n\r\0"):
-        return "contains a tab, newline or NUL"
-    if posixpath.normpath(path) in GUEST_RESERVED or path.startswith(("/proc/", "/sys/", "/dev/", "/run/")):
-        return "would hide a directory the VM itself needs"
-    if not is_dir:
-        return "is not a directory on the host"
+        return None
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    for system, what in GUEST_SYSTEM_PATHS.items():
+        if norm == system:
+            return f"is the VM's own {system} ({what})"
+        if _is_within(norm, system):
+            return f"is under the VM's own {system} ({what})"
+    for mount_point, what in GUEST_MOUNT_POINTS.items():
+        if norm == mount_point:
+            return f"is the VM's own {mount_point} ({what})"
+    for system, what in (*GUEST_SYSTEM_PATHS.items(), *GUEST_MOUNT_POINTS.items()):
+        if _is_within(system, norm):
+            return f"would hide the VM's own {system} ({what})"
     return None
 
 
+def _problem(path: str) -> str | None:
+    """Why `path` (normalised) cannot be shared at all, whatever the host has there."""
+    if not posixpath.isabs(path):
+        return "is not an absolute POSIX path"
+    if any(ch in path for ch in "\t\n\r\0"):
+        return "contains a tab, newline or NUL"
+    return guest_path_problem(path)
+
+
+# How a user changes the list (in errors about one of its folders).
+FIX_HINT = "`pinnace config set shares ...`"
+
+
 def plan(shares: Iterable[Share], host_os: str, is_dir=os.path.isdir,  # noqa: ANN001
-         transport: str = "9p") -> list[GuestShare]:
-    """The shares to set up (over `transport`), parents before children; unusable entries are
-    logged and skipped."""
+         transport: str = "9p", exists=os.path.exists) -> list[GuestShare]:  # noqa: ANN001
+    """The shares to set up (over `transport`), parents before children.
+
+    An unusable share is an error (ShareError, naming it), never skipped: a container would see an
+    empty directory of the VM where it expects the host's files. Hosts without 9p share nothing.
+    """
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown share transport {transport!r}")
     if not supported(host_os):
@@ -167,10 +239,13 @@ def plan(shares: Iterable[Share], host_os: str, is_dir=os.path.isdir,  # noqa: A
         path = posixpath.normpath(share.path) if posixpath.isabs(share.path) else share.path
         if path.startswith("//"):
             path = "/" + path.lstrip("/")
-        problem = _problem(path, is_dir(path))
+        problem = _problem(path)
         if problem:
-            log.warning("share %r skipped: %s", share.path, problem)
-            continue
+            raise ShareError(f"shared folder {share.path!r} {problem}: remove it with {FIX_HINT}")
+        if not is_dir(path):
+            if exists(path):
+                raise ShareError(f"shared folder {path} is not a directory: remove it with {FIX_HINT}")
+            raise ShareError(f"shared folder {path} does not exist: create it or remove it with {FIX_HINT}")
         # The same folder twice: read-only wins only if every entry asks for it.
         chosen[path] = chosen.get(path, True) and share.read_only
     ordered = sorted(chosen, key=lambda p: (p.count("/"), p))

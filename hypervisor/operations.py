@@ -40,6 +40,7 @@ class Step(enum.Enum):
     RESTARTING = "restarting"
     RESETTING = "resetting"
     WIPED = "data disk and keys deleted; starting fresh"
+    RESUMING = "resuming the paused VM"
 
 
 OnStep = Callable[[Step], None]
@@ -136,6 +137,10 @@ def start(paths: Paths, change: SettingsChange | None = None, *, wait: bool = Tr
             if now.state == "running":
                 _tell(on_step, Step.ALREADY_RUNNING)
                 return now
+            if now.state == "paused":  # still paused after the resume (a full disk): say why
+                _tell(on_step, Step.RESUMING)
+                final = Status.from_dict(control.call("resume", timeout=TIMEOUTS["stop"]))
+                return _settle("start", final, change)
             if now.state in ("error", "stopped"):  # an agent that outlived its VM boots it again
                 _tell(on_step, Step.STARTING)
                 final = Status.from_dict(control.call("restart", timeout=TIMEOUTS["restart"]))
@@ -164,6 +169,14 @@ def stop(paths: Paths, *, on_step: OnStep | None = None, agents: Agents = AGENTS
     _tell(on_step, Step.STOPPING)
     control.call("stop", timeout=TIMEOUTS["stop"])
     return True
+
+
+def pause(paths: Paths, *, agents: Agents = AGENTS) -> Status:
+    """Pause the running VM (QMP stop); `start` resumes it. The status it ended in."""
+    control = agents.client(paths)
+    if not control.is_alive():
+        return Status(paths.instance, state="stopped", reason="not running")
+    return Status.from_dict(control.call("pause", timeout=TIMEOUTS["stop"]))
 
 
 def restart(paths: Paths, change: SettingsChange | None = None, *, on_step: OnStep | None = None,

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "pinnace"
 HOME_ENV = "PINNACE_HOME"
 INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-PIPE_KINDS = ("docker", "control")
+PIPE_KINDS = ("docker", "control", "qmp")
 
 
 def unix_path_max(plat: str | None = None) -> int:
@@ -53,12 +53,13 @@ def validate_instance_name(name: str) -> str:
 
 def pipe_name(instance: str, kind: str) -> str:
     r"""The one source of Windows pipe names: the engine ("docker") at \\.\pipe\pinnace-<instance>,
-    the agent's control API at \\.\pipe\pinnace-<instance>-control."""
+    the agent's control API at \\.\pipe\pinnace-<instance>-control, and QEMU's monitor (QMP, a
+    pipe QEMU itself creates) at \\.\pipe\pinnace-<instance>-qmp."""
     validate_instance_name(instance)
     if kind == "docker":
         return f"{PIPE_PREFIX}pinnace-{instance}"
-    if kind == "control":
-        return f"{PIPE_PREFIX}pinnace-{instance}-control"
+    if kind in ("control", "qmp"):
+        return f"{PIPE_PREFIX}pinnace-{instance}-{kind}"
     raise ValueError(f"unknown pipe kind {kind!r}; expected one of {PIPE_KINDS}")
 
 
@@ -173,7 +174,9 @@ class Paths:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.socket_dir / "qmp.sock"
+        """With the VM's records, not in the runtime dir: a new agent must reach QEMU's monitor
+        after a logout removed the runtime dir under the running VM."""
+        return self.socket_path(self.data_dir / "qmp.sock")
 
     @property
     def control_socket(self) -> Path:
@@ -183,30 +186,33 @@ class Paths:
     def docker_socket(self) -> Path:
         return self.socket_dir / "docker.sock"
 
+    # The VM's records (its pid, the agent's lock, the SSH port, the last status, the shares it
+    # booted with) live with its data, where a logout or a wiped runtime dir cannot take them
+    # while the VM runs: the next agent finds the VM again instead of booting a second one.
+
+    @property
+    def shares_record(self) -> Path:
+        return self.data_dir / "shares.fwcfg"
+
     @property
     def qemu_pidfile(self) -> Path:
-        return self.runtime_dir / "qemu.pid"
+        return self.data_dir / "qemu.pid"
 
     @property
     def agent_pidfile(self) -> Path:
-        return self.runtime_dir / "agent.pid"
+        return self.data_dir / "agent.pid"
 
     @property
     def agent_lock(self) -> Path:
-        return self.runtime_dir / "agent.lock"
+        return self.data_dir / "agent.lock"
 
     @property
     def ssh_port_file(self) -> Path:
-        return self.runtime_dir / "ssh.port"
-
-    @property
-    def qmp_port_file(self) -> Path:
-        """Windows only: QMP's loopback port, for an agent that re-adopts a running QEMU."""
-        return self.runtime_dir / "qmp.port"
+        return self.data_dir / "ssh.port"
 
     @property
     def state_file(self) -> Path:
-        return self.runtime_dir / "state.json"
+        return self.data_dir / "state.json"
 
     @property
     def serial_log(self) -> Path:
@@ -250,7 +256,8 @@ class Paths:
         return len(os.fsencode(str(p))) < self.path_max  # sun_path also holds the trailing NUL
 
     def named_pipe(self, kind: str) -> str:
-        """Windows named pipe for the docker engine ("docker") or the agent's control API."""
+        """Windows named pipe for the docker engine ("docker"), the agent's control API ("control")
+        or QEMU's monitor ("qmp")."""
         return pipe_name(self.instance, kind)
 
     # --- creation ----------------------------------------------------------------------------
@@ -272,7 +279,7 @@ class Paths:
             _make_private_dir(directory)
         for sock in (self.qmp_socket, self.control_socket, self.docker_socket):
             sock = self.socket_path(sock)
-            if sock.parent != self.runtime_dir:
+            if sock.parent == self.short_dir:
                 # The alias lives in the shared temp dir: its parent must be ours too.
                 _make_private_dir(self.short_root, shared_parent=True)
                 _make_private_dir(sock.parent, shared_parent=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from hypervisor import platform as host_platform
 from hypervisor.errors import SettingsError
 from hypervisor.hostinfo import cpu_count, host_os, total_memory_mib
+from hypervisor.mounts import guest_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,15 @@ class Share:
     read_only: bool = False
 
 
+def _home_shares(home: str) -> list[Share]:
+    """The home directory as the default share, unless the guest refuses that path (a service
+    account's home such as /var/lib/jenkins, or /): then nothing is shared by default."""
+    return [Share(home)] if guest_path_problem(home) is None else []
+
+
 def _default_shares() -> list[Share]:
-    return [Share(str(Path.home()))]
+    home = str(Path.home())
+    return _home_shares(home) if os.path.isdir(home) else []
 
 
 @dataclass
@@ -68,7 +78,7 @@ class Settings:
     @classmethod
     def defaults(cls, host: HostFacts, home: str | None = None) -> Settings:
         """Defaults sized for `host` (never more CPUs than it has)."""
-        shares = [Share(home)] if home is not None else _default_shares()
+        shares = _home_shares(home) if home is not None else _default_shares()
         return cls(cpus=max(1, min(2, host.cpus)), shares=shares)
 
 
@@ -114,6 +124,9 @@ def validate_static(settings: Settings, current_disk_gib: int | None = None) -> 
     for i, share in enumerate(settings.shares):
         if not _is_absolute(share.path):
             raise SettingsError(f"shares[{i}].path: {share.path!r} is not an absolute path")
+        problem = guest_path_problem(share.path)
+        if problem:
+            raise SettingsError(f"shares[{i}].path: {share.path!r} {problem}; share another folder")
 
 
 def validate(settings: Settings, host: HostFacts, current_disk_gib: int | None = None) -> None:
@@ -190,8 +203,11 @@ def from_dict(data: dict[str, Any], base: Settings) -> Settings:
     return dataclasses.replace(base, **values)
 
 
-def load(path: Path, host: HostFacts, current_disk_gib: int | None = None) -> Settings:
-    """Read and validate the settings file; a missing file means defaults."""
+def load(path: Path, host: HostFacts, current_disk_gib: int | None = None, *, validated: bool = True) -> Settings:
+    """Read and validate the settings file; a missing file means defaults.
+
+    `validated=False` only parses it (types, known keys): for `config set` of the key that makes
+    the file invalid (a share the guest refuses), which set_value then validates as a whole."""
     path = Path(path)
     defaults = Settings.defaults(host)
     try:
@@ -206,7 +222,8 @@ def load(path: Path, host: HostFacts, current_disk_gib: int | None = None) -> Se
         raise SettingsError(f"{path}: not valid TOML", exc) from exc
     try:
         settings = from_dict(data, defaults)
-        validate(settings, host, current_disk_gib)
+        if validated:
+            validate(settings, host, current_disk_gib)
     except SettingsError as exc:
         raise SettingsError(f"{path}: {exc}", exc.cause) from exc
     return settings
@@ -256,8 +273,14 @@ def set_value(
     text_value: str,
     host: HostFacts | None = None,
     current_disk_gib: int | None = None,
+    *,
+    is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> Settings:
-    """Return a copy with `key` parsed from CLI text; validated (against `host` when given)."""
+    """Return a copy with `key` parsed from CLI text; validated (against `host` when given).
+
+    Setting `shares` also checks that each folder exists (`is_dir`) now: the VM would refuse to
+    start with one that does not (mounts.plan).
+    """
     if key not in KEYS:
         raise SettingsError(f"{key}: unknown key (known: {', '.join(KEYS)})")
     updated = dataclasses.replace(settings, **{key: _parse_text(key, text_value)})
@@ -265,6 +288,12 @@ def set_value(
         validate(updated, host, current_disk_gib)
     else:
         validate_static(updated, current_disk_gib)
+    if key == "shares":
+        for i, share in enumerate(updated.shares):
+            if not is_dir(share.path):
+                what = ("is not a directory on this host" if os.path.lexists(share.path)
+                        else "does not exist on this host; create it first")
+                raise SettingsError(f"shares[{i}].path: {share.path!r} {what}")
     return updated
 
 

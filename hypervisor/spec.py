@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hypervisor.errors import AcceleratorError
 from hypervisor.mounts import MEMORY_BACKEND_ID, GuestShare, needs_shared_memory, share_argv
+from hypervisor.platform.windows import NamedPipeAddress
 
 PROBE_MARKER = "PINNACE-PROBE-OK"
 
@@ -56,7 +57,7 @@ class MachineSpec:
     ssh_host_port: int
     fw_cfg: tuple[tuple[str, Path], ...]
     serial_log: Path
-    qmp_socket: Path | tuple[str, int]  # a unix socket; (host, port) on Windows (see qmp_option)
+    qmp_socket: Path | NamedPipeAddress  # a unix socket; a named pipe on Windows (see qmp_argv)
     pidfile: Path
     host_forwards: tuple[str, ...] = ()
     shares: tuple[GuestShare, ...] = ()  # host folders, virtio-9p or virtiofs (hypervisor/mounts.py)
@@ -133,16 +134,39 @@ def netdev_option(spec: MachineSpec) -> str:
     return "user,id=net0," + ",".join(f"hostfwd={qemu_escape(rule)}" for rule in rules)
 
 
-def qmp_option(address: Path | tuple[str, int]) -> str:
-    """QMP on a unix socket (0700 dir); on Windows on loopback TCP, since Python's asyncio has no
-    AF_UNIX there. QEMU serves one monitor client at a time and the agent stays connected, so the
-    port is not open to other local users while the agent runs."""
-    if isinstance(address, tuple):
-        host, port = address
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise ValueError(f"QMP must listen on loopback only, not {host}")
-        return f"tcp:{host}:{port},server=on,wait=off"
-    return f"unix:{qemu_escape(address)},server=on,wait=off"
+QMP_CHARDEV_ID = "qmp"
+
+
+def qmp_option(socket_path: Path) -> str:
+    """`-qmp` on a unix socket, in a directory only the user can enter (0700)."""
+    if not isinstance(socket_path, Path):
+        raise TypeError(f"QMP's unix socket must be a Path, not {socket_path!r}")
+    return f"unix:{qemu_escape(socket_path)},server=on,wait=off"
+
+
+def qmp_argv(address: Path | NamedPipeAddress) -> list[str]:
+    r"""QEMU's monitor where only the user running Pinnace can send it commands. Never TCP: a
+    loopback port is open to every local user, and to the VM's own containers (user networking
+    maps 10.0.2.2 to the host's 127.0.0.1).
+
+    Unix hosts: a unix socket (see qmp_option).
+
+    Windows (asyncio has no AF_UNIX there): a named pipe that QEMU creates. `-chardev pipe,id=,path=`
+    is QEMU's pipe backend; on Windows (chardev/char-pipe.c) it calls CreateNamedPipe on
+    \.\pipe\<path> (so `path` is the name without that prefix) with PIPE_ACCESS_DUPLEX, a single
+    instance and no security attributes, then waits in QEMU's startup until one client connects.
+    A pipe's default DACL grants full control to SYSTEM, Administrators and the creator owner (the
+    user who ran QEMU), and only read access to Everyone and Anonymous: another user may open it
+    read-only but can never write a command. Nothing in the VM can open a host pipe.
+    `-mon chardev=qmp,mode=control` puts QMP (not the human monitor) on that chardev; it is what
+    `-qmp pipe:<path>` abbreviates, spelled out so the pipe's options stay visible.
+    """
+    if isinstance(address, NamedPipeAddress):
+        return [
+            "-chardev", f"pipe,id={QMP_CHARDEV_ID},path={qemu_escape(address.short_name)}",
+            "-mon", f"chardev={QMP_CHARDEV_ID},mode=control",
+        ]  # fmt: skip
+    return ["-qmp", qmp_option(address)]
 
 
 def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[str]:
@@ -155,13 +179,18 @@ def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[
         "-append", f"{spec.cmdline} {console_arg(spec.arch)}".strip(),
         "-drive", f"if=none,id=root,file={qemu_escape(spec.rootfs)},format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=root,serial=pinnace-root",
+        # werror=enospc: a full host disk pauses the VM (the agent reports it, resumes when there
+        # is room) instead of failing writes inside the guest's filesystem.
         "-drive",
         f"if=none,id=data,file={qemu_escape(spec.data_disk)},format=qcow2,"
-        "discard=unmap,detect-zeroes=unmap,cache=writeback",
+        "discard=unmap,detect-zeroes=unmap,cache=writeback,werror=enospc,rerror=report",
         "-device", "virtio-blk-pci,drive=data,serial=pinnace-data",
         "-netdev", netdev_option(spec),
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
+        # The RTC follows the host's wall clock, through a VM pause and a host sleep: the guest's
+        # clock service (vmimage/guest/clock) steps the guest's time back onto it.
+        "-rtc", "base=utc,clock=host",
         "-device", "virtio-balloon-pci,free-page-reporting=on",
     ]  # fmt: skip
     argv += share_argv(spec.shares, spec.share_socket_dir)
@@ -170,7 +199,7 @@ def build_argv(qemu: Path, spec: MachineSpec, accel: str, host_os: str) -> list[
     argv += [
         "-chardev", f"file,id=serial0,path={qemu_escape(spec.serial_log)}",
         "-serial", "chardev:serial0",
-        "-qmp", qmp_option(spec.qmp_socket),
+        *qmp_argv(spec.qmp_socket),
         "-pidfile", str(spec.pidfile),
     ]  # fmt: skip
     return argv

@@ -58,6 +58,7 @@ class InstanceController(QObject):
         self.status: Status | None = None
         self.expected: str | None = None
         self.busy_op: str | None = None
+        self.clock_warned = ""  # the guest clock warning already notified (notices.clock_notice)
         self.watcher: StatusWatcher | None = None
         if watch:
             self.watcher = StatusWatcher(self._factory, lambda: launcher.last_status(paths), parent=self)
@@ -87,12 +88,15 @@ class InstanceController(QObject):
             return
         self.status = status
         note = notices.notice_for(prev, status, self.expected)
+        clock_note, self.clock_warned = notices.clock_notice(self.clock_warned, status)
         if not self.busy and notices.settled(self.expected, status):
             self.expected = None
         self.status_changed.emit(status)
-        if note is not None:
-            log.info("notice: %s: %s", note.title, note.message)
-            self.notice.emit(note)
+        # the state's notice last: where a new notification replaces the shown one, it is the one kept
+        for n in (clock_note, note):
+            if n is not None:
+                log.info("notice: %s: %s", n.title, n.message)
+                self.notice.emit(n)
 
     def refresh(self) -> None:
         """One-off status read (e.g. before the menu opens when the watcher is not running)."""
@@ -151,5 +155,5 @@ class InstanceController(QObject):
         log.warning("%s failed: %s", op, message)
         self.expected = None
         self.operation_failed.emit(op, message)
-        if op == "start":
-            self.notice.emit(notices.start_failed(message))
+        if op == "start":  # on a paused VM, Start was its Resume (and it is most likely still paused)
+            self.notice.emit(notices.start_failed(message, resuming=self.state == "paused"))

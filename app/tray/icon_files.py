@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 RESOURCES_ENV = "PINNACE_RESOURCES"
-ICON_STATES = ("stopped", "starting", "starting-alt", "running", "error")
+ICON_STATES = ("stopped", "starting", "starting-alt", "running", "paused", "error")
 VARIANTS = ("light", "dark", "template")
 
 

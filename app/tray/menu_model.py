@@ -44,7 +44,13 @@ LIFECYCLE: dict[str, tuple[Action, ...]] = {
     "running": (Action.STOP, Action.RESTART),
     "stopping": (),
     "error": (Action.START, Action.STOP),
+    # QEMU paused a live VM (e.g. the host disk is full): Start resumes it, the rest work as usual.
+    "paused": (Action.START, Action.STOP, Action.RESTART),
 }
+# Per-state wording for an action whose operation means something else in that state.
+ACTION_LABELS: dict[tuple[str, Action], str] = {("paused", Action.START): "Resume"}
+# States where the agent can reset the VM (it stops a running or paused one first).
+RESET_STATES = ("running", "paused", "stopped", "error")
 
 
 def effective_state(status: Status | None) -> str:
@@ -58,11 +64,15 @@ def lifecycle_actions(status: Status | None, busy: bool = False) -> tuple[Action
     return LIFECYCLE.get(effective_state(status), (Action.START,))
 
 
+def action_label(action: Action, state: str) -> str:
+    return ACTION_LABELS.get((state, action), action.value)
+
+
 def build_menu(status: Status | None, instance: str = "default", busy: bool = False) -> list[MenuEntry]:
     state = effective_state(status)
     entries = [MenuEntry(status_line(status), enabled=False), SEPARATOR]
-    entries += [MenuEntry(a.value, a) for a in lifecycle_actions(status, busy)]
-    reset_ok = not busy and state in ("running", "stopped", "error")
+    entries += [MenuEntry(action_label(a, state), a) for a in lifecycle_actions(status, busy)]
+    reset_ok = not busy and state in RESET_STATES
     entries += [
         MenuEntry(Action.RESET.value, Action.RESET, enabled=reset_ok),
         SEPARATOR,
@@ -79,8 +89,9 @@ def build_menu(status: Status | None, instance: str = "default", busy: bool = Fa
 
 
 def icon_state(status: Status | None) -> str:
-    """The four icon families: stopping shows as starting (something is in motion)."""
+    """The five icon families: stopping shows as starting (something is in motion); a state this
+    tray does not know yet shows as stopped."""
     state = effective_state(status)
     if state in ("starting", "stopping"):
         return "starting"
-    return state if state in ("running", "error") else "stopped"
+    return state if state in ("running", "paused", "error") else "stopped"

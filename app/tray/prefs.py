@@ -46,6 +46,6 @@ class TrayPrefs:
 
 def quit_plan(quit_action: str, state: str) -> str:
     """What Quit does now: nothing to ask when the VM is not up; otherwise the stored answer."""
-    if state not in ("starting", "running"):
+    if state not in ("starting", "running", "paused"):  # a paused VM is still up (and holds memory)
         return "keep"
     return quit_action if quit_action in QUIT_CHOICES else "ask"

@@ -48,7 +48,8 @@ class SettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Pinnace Settings")
         self.original, self.host, self.current_disk_gib = settings, host, current_disk_gib
-        self.vm_running = status is not None and status.state in ("running", "starting")
+        # A paused VM is still up: what needs a restart applies only once it restarts.
+        self.vm_running = status is not None and status.state in ("running", "starting", "paused")
         self.result_: FormResult = FormResult(settings, {})
 
         self.cpus = QSpinBox()

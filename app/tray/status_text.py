@@ -14,9 +14,13 @@ STATE_LABELS = {
     "starting": "Starting…",
     "running": "Running",
     "stopping": "Stopping…",
+    "paused": "Paused",
     "error": "Error",
 }
+# States whose reason is the news (why it failed, why QEMU paused the VM), shown like an error's.
+REASON_STATES = ("error", "paused")
 MAX_REASON = 80
+CLOCK_WARNING_MAX = 120  # the agent's text names the occasion and the error: more than a reason's line
 
 
 def short_version(version: str) -> str:
@@ -65,9 +69,9 @@ def status_line(status: Status | None) -> str:
     if status is None:
         return "Stopped"
     label = STATE_LABELS.get(status.state, status.state.capitalize())
-    if status.state == "error":
+    if status.state in REASON_STATES:
         reason = one_line(status.reason)
-        return f"Error: {reason}" if reason else label
+        return f"{label}: {reason}" if reason else label
     if status.state == "starting":
         return f"{label} {status.stage}".strip() if status.stage else label
     if status.state != "running":
@@ -83,8 +87,25 @@ def status_line(status: Status | None) -> str:
     return " · ".join(parts)
 
 
+def clock_text(offset_s: float) -> str:
+    """`guest +0.012 s from host` (+ = the guest is ahead); never `-0.000`."""
+    return f"guest {round(offset_s, 3) + 0.0:+.3f} s from host"
+
+
+def clock_lines(status: Status | None) -> list[str]:
+    """A running VM's guest clock: its last measured offset, and why it could not be set."""
+    if status is None or status.state != "running":
+        return []
+    lines = []
+    if status.clock_offset_s is not None:
+        lines.append(f"Clock: {clock_text(status.clock_offset_s)}")
+    if status.clock_warning.strip():
+        lines.append(f"⚠ {one_line(status.clock_warning, CLOCK_WARNING_MAX)}")
+    return lines
+
+
 def tooltip(status: Status | None, instance: str = "default") -> str:
-    """State, accelerator and engine version, one per line."""
+    """State, accelerator, engine version and guest clock, one per line."""
     title = "Pinnace" if instance == "default" else f"Pinnace ({instance})"
     state = STATE_LABELS.get(status.state, status.state) if status else "Stopped"
     lines = [f"{title}: {state}"]
@@ -93,8 +114,9 @@ def tooltip(status: Status | None, instance: str = "default") -> str:
             lines.append(f"Accelerator: {accel_label(status.accel)}")
         if status.engine_version:
             lines.append(f"Docker {status.engine_version}")
-        if status.state == "error" and status.reason:
+        if status.state in REASON_STATES and status.reason:
             lines.append(one_line(status.reason))
+        lines += clock_lines(status)
     return "\n".join(lines)
 
 

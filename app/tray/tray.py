@@ -182,7 +182,7 @@ class TrayApp(QObject):
     def notify(self, notice: Notice) -> None:
         self.last_notice = notice
         icons_ = QSystemTrayIcon.MessageIcon
-        kind = icons_.Critical if notice.critical else icons_.Information
+        kind = icons_.Critical if notice.critical else icons_.Warning if notice.warning else icons_.Information
         if self.icon.isVisible() and QSystemTrayIcon.supportsMessages():
             self.icon.showMessage(notice.title, notice.message, kind, NOTICE_MS)
 

@@ -3,10 +3,12 @@ handed — a QEMU driver (the VM process), an engine link (the way to dockerd an
 and a status board (the one writer of the status). Parts raise; the agent decides the state.
 
     stopped -> starting -> running -> stopping -> stopped
-    starting | running -> error (the failing step named); error -> starting | stopping | stopped
+    running <-> paused (QEMU stopped the VM: a full host disk, resumed when there is room again)
+    starting | running | paused -> error (the failing step named); error -> starting | stopping | stopped
 
 A failure is published first and cleaned up after, so no teardown can hide it; a failed
-re-adoption leaves the running VM alone.
+re-adoption leaves the running VM alone; a VM that crashes while running is booted again (a few
+times, with growing delays: recovery.RestartPolicy) unless the user stops it meanwhile.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from hypervisor import disk, process
 from hypervisor import platform as host_platform
+from hypervisor.agent.clock_keeper import ClockKeeper
 from hypervisor.agent.control_server import ControlServer, serve
 from hypervisor.agent.engine_link import EngineLink
 from hypervisor.agent.lifecycle import State
 from hypervisor.agent.qemu_driver import Machine, QemuDriver, ready_timeout
+from hypervisor.agent.recovery import RESUME_FREE_BYTES, RestartPolicy, is_out_of_space, pause_reason
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.control import Status
 from hypervisor.errors import MachineError, PinnaceError, StateError
@@ -34,6 +40,9 @@ from hypervisor.paths import Paths
 from hypervisor.platform import Platform
 
 log = logging.getLogger("pinnace.agent")
+
+RUNTIME_CHECK_S = 2.0  # how soon sockets removed under a running agent (a logout) come back
+SPACE_CHECK_S = 1.0  # how often a VM paused on a full disk looks for room again
 
 # What a re-adopting agent takes from the previous agent's last status: facts of the running VM.
 ADOPTED_FACTS = ("accel", "accel_reason", "accel_warning", "cpus", "memory_mib", "disk_gib", "started_at",
@@ -60,18 +69,28 @@ class Agent:
         self.driver = driver or QemuDriver(paths, self.board, self.platform)
         self.link = link or EngineLink(paths, self.board, self.platform)
         self.control = ControlServer(self.board, self.operate)
+        self.clock = ClockKeeper(self.link.open_guest_command, self.board)
+        self._pause_requested = False
         self.ops = asyncio.Lock()
         self.finished = asyncio.Event()
         self.boot_task: asyncio.Task[None] | None = None
         self._vm_tasks: set[asyncio.Task[Any]] = set()  # watchers of the current VM, ended with it
         self._stop_requested: asyncio.Task[None] | None = None
+        self.restarts = RestartPolicy()
+        self._io_error: dict[str, Any] | None = None  # QEMU's last BLOCK_IO_ERROR before a pause
+        self._space_watch: asyncio.Task[None] | None = None
+        self._servers: list[asyncio.AbstractServer] = []
 
     # --- control operations ----------------------------------------------------------------
 
     async def operate(self, op: str) -> None:
-        """stop | restart | reset, one at a time; a boot in progress is cancelled first."""
-        if op not in ("stop", "restart", "reset"):
+        """stop | restart | reset | resume, one at a time; a boot in progress (or a restart after
+        a crash waiting for its turn) is cancelled first."""
+        if op not in ("stop", "restart", "reset", "pause", "resume"):
             raise StateError(f"unknown operation {op!r}")
+        if op in ("pause", "resume"):
+            await (self._pause() if op == "pause" else self._resume())
+            return
         await self._cancel_boot()
         async with self.ops:
             reason = {"stop": "stopped by request", "restart": "restarting", "reset": "resetting"}[op]
@@ -79,6 +98,7 @@ class Agent:
                 # Nothing runs (a failed boot or restart): a stop just says so, the others boot.
                 if self.board.state is State.ERROR:
                     self.board.to(State.STOPPED, reason)
+                await self._end_orphan()
             else:
                 await self._shutdown(reason)
             if op == "reset":
@@ -87,6 +107,45 @@ class Agent:
                 await self.boot()
         if op == "stop":
             self.finished.set()
+
+    async def _pause(self) -> None:
+        """The user's pause (QMP stop): the VM keeps its memory and uses no CPU; `start` resumes."""
+        if self.board.state is State.PAUSED:
+            return
+        if self.board.state is not State.RUNNING:
+            raise StateError(f"the VM is {self.board.state.value}: only a running VM can be paused")
+        self._pause_requested = True
+        await self.driver.pause()
+        for _ in range(20):  # QEMU's STOP event
+            if self.board.state is State.PAUSED:
+                return
+            await asyncio.sleep(0.1)
+
+    async def _resume(self) -> None:
+        """A paused VM runs again (the user's start); it pauses again at once if its disk is
+        still full, and the status says so."""
+        if self.board.state is not State.PAUSED:
+            return
+        await self.driver.resume()
+        for _ in range(20):  # QEMU's RESUME event, or a new STOP when the disk is still full
+            await asyncio.sleep(0.1)
+            if self.board.state is not State.PAUSED:
+                return
+
+    def _orphan_runs(self) -> bool:
+        return not self.driver.alive() and process.is_our_qemu(process.read_pidfile(self.paths.qemu_pidfile),
+                                                                self.paths.instance)
+
+    async def _end_orphan(self) -> None:
+        """A QEMU of this instance that no agent controls (its monitor could not be reached):
+        a stop or a boot must not leave it running on the data disk. QEMU quits on SIGTERM."""
+        pid = process.read_pidfile(self.paths.qemu_pidfile)
+        if not process.is_our_qemu(pid, self.paths.instance):
+            return
+        log.warning("ending QEMU pid %s, which runs without an agent", pid)
+        self.board.stage("ending the VM that ran without its agent")
+        await asyncio.get_running_loop().run_in_executor(None, self.platform.terminate, pid or 0, 10.0)
+        self.board.stage("")
 
     def _delete_instance_data(self) -> None:
         """What reset deletes, and only once no QEMU of this instance can be using it."""
@@ -105,9 +164,10 @@ class Agent:
 
     # --- bringing the VM up ----------------------------------------------------------------
 
-    async def boot(self) -> None:
+    async def boot(self, reason: str = "starting") -> None:
         """-> starting -> running, or error with the failing step named (and QEMU ended)."""
-        self.board.to(State.STARTING, "starting")
+        self._io_error = None
+        self.board.to(State.STARTING, reason)
         self.board.update(engine_version="", started_at=time.time(), ready_at=None)
         try:
             machine = await self.driver.boot()
@@ -132,11 +192,12 @@ class Agent:
         except asyncio.CancelledError:
             raise
         except PinnaceError as exc:
-            await self._fail(f"cannot re-adopt the running VM (it was left running): {exc}", kill=False)
+            await self._fail(f"the VM of this instance (QEMU pid {pid}) runs but cannot be re-adopted: {exc}; "
+                             "`pinnace stop` ends it", kill=False)
             raise
 
     async def _bring_up(self, machine: Machine, booting: bool) -> None:
-        self._watch(self.driver.follow_events(), "qmp-events")
+        self._watch(self.driver.follow_events(self._on_vm_event), "qmp-events")
         self._watch(self._watch_qemu(), "qemu-exit")
         if booting:
             self._watch(self.driver.watch_virtiofsds(), "virtiofsd")
@@ -156,6 +217,7 @@ class Agent:
         self.board.update(ready_at=time.time())
         self.board.stage("ready")
         self.board.to(State.RUNNING, "engine ready")
+        self._watch(self.clock.follow(), "clock")
 
     def _watch(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -169,15 +231,100 @@ class Agent:
                 task.cancel()
 
     async def _watch_qemu(self) -> None:
+        """QEMU's death is published at once; a VM that was up is then booted again after a delay
+        (the restart is the boot task, so a user's stop or start meanwhile cancels or waits it)."""
         reason = await self.driver.wait_exit()
         if self.driver.expect_exit:
             return
         log.error("%s", reason)
+        was_up = self.board.state in (State.RUNNING, State.PAUSED)
+        delay = self.restarts.next_delay(time.monotonic()) if was_up and not self.driver.guest_shutdown else None
+        if was_up and delay is None and not self.driver.guest_shutdown:
+            reason = self.restarts.give_up_reason(reason)
+        elif delay is not None:
+            reason = self.restarts.restarting_reason(reason, delay)
         boot = self.boot_task
         await self._fail(reason, kill=False)
-        if boot is not None and not boot.done():
+        if boot is not None and not boot.done() and boot is not asyncio.current_task():
             boot.cancel()
-        self.finished.set()
+        if delay is None:
+            self.finished.set()
+            return
+        self.boot_task = asyncio.get_running_loop().create_task(self._restart_after_crash(delay), name="restart")
+
+    async def _restart_after_crash(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self.ops:
+            if self.board.state is not State.ERROR or self.driver.alive():
+                return  # the user acted meanwhile
+            await self._end_orphan()
+            attempt = f"restarting after a crash ({self.restarts.attempt} of {self.restarts.limit})"
+            try:
+                await self.boot(reason=attempt)
+            except PinnaceError as exc:
+                log.error("restart after a crash failed: %s", exc)
+                self.finished.set()
+
+    # --- pauses: QEMU stopped the VM (a full host disk) -----------------------------------
+
+    def _on_vm_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "BLOCK_IO_ERROR":
+            self._io_error = data
+        elif name == "STOP":
+            self._paused()
+        elif name == "RESUME":
+            self._resumed()
+
+    def _free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.paths.data_disk.parent).free
+        except OSError:
+            return None
+
+    def _paused(self) -> None:
+        reason = pause_reason(self._io_error, self.paths.data_disk, self._free_bytes())
+        if self._pause_requested and not self._io_error:
+            reason = "paused by request (`pinnace start` resumes it)"
+        full = is_out_of_space(self._io_error)
+        if self.board.state is State.STARTING:
+            self.board.stage(f"paused: {reason}")  # a boot that waits on it names why
+        if self.board.state not in (State.RUNNING, State.PAUSED):
+            return
+        log.warning("VM paused: %s", reason)
+        self.link.set_paused(reason, drop_connections=full)
+        self.board.to(State.PAUSED, reason)
+        if full and (self._space_watch is None or self._space_watch.done()):
+            self._space_watch = asyncio.get_running_loop().create_task(self._resume_when_space(), name="space")
+            self._vm_tasks.add(self._space_watch)
+            self._space_watch.add_done_callback(self._vm_tasks.discard)
+
+    def _resumed(self) -> None:
+        self._io_error = None
+        self._pause_requested = False
+        self.link.set_paused(None)
+        if self.board.state is State.PAUSED:
+            log.info("VM resumed")
+            self.board.to(State.RUNNING, "resumed")
+            # its clock stood still while it was stopped: the host's time, now
+            self._watch(self.clock.sync("the VM resumed"), "clock-sync")
+
+    async def _resume_when_space(self) -> None:
+        """Resume a VM paused on a full disk once its filesystem has room again."""
+        while self.board.state is State.PAUSED and is_out_of_space(self._io_error):
+            free = self._free_bytes()
+            if free is not None and free >= RESUME_FREE_BYTES:
+                log.info("%d MiB free on the data disk's filesystem: resuming the VM", free >> 20)
+                try:
+                    await self.driver.resume()
+                except PinnaceError as exc:
+                    log.warning("resuming: %s", exc)
+                await asyncio.sleep(2 * SPACE_CHECK_S)  # its RESUME, or a new pause if it fills again
+                continue
+            reason = pause_reason(self._io_error, self.paths.data_disk, free)
+            if reason != self.board.get("reason"):
+                self.link.set_paused(reason)
+                self.board.to(State.PAUSED, reason)
+            await asyncio.sleep(SPACE_CHECK_S)
 
     # --- taking it down --------------------------------------------------------------------
 
@@ -233,27 +380,49 @@ class Agent:
             log.error("stop on signal: %s", exc)
             self.finished.set()
 
+    async def _keep_runtime_dir(self, address: Path | str) -> None:
+        """A logout (or a cleaner) may delete the runtime dir under a running agent: its sockets
+        come back within RUNTIME_CHECK_S, so `docker` and `pinnace status` keep finding the VM."""
+        if not isinstance(address, Path):
+            return  # a named pipe cannot be deleted from under us
+        while True:
+            await asyncio.sleep(RUNTIME_CHECK_S)
+            try:
+                if not address.exists():
+                    log.warning("%s was removed under the running agent: serving it again", address)
+                    self.paths.ensure_dirs()
+                    self._servers.append(await serve(self.control.handle, address))
+                    self.board.publish()
+                await self.link.keep_endpoint()
+            except (PinnaceError, OSError) as exc:
+                log.error("cannot restore the agent's sockets: %s", exc)
+
     async def run(self) -> int:
         pid = process.read_pidfile(self.paths.qemu_pidfile)
         adopting = process.is_our_qemu(pid, self.paths.instance)
         # Clients may connect as soon as the socket exists: never let them see a stale "stopped".
         self.board.to(State.STARTING, "re-adopting the running VM" if adopting else "starting")
         address = self.platform.control_endpoint(self.paths)
-        server = await serve(self.control.handle, address)
+        self._servers.append(await serve(self.control.handle, address))
         self._stop_on_signals()
+        keeper = asyncio.get_running_loop().create_task(self._keep_runtime_dir(address), name="runtime-dir")
         try:
             self.boot_task = asyncio.create_task(self.adopt(pid or 0) if adopting else self.boot(), name="boot")
             with contextlib.suppress(PinnaceError, asyncio.CancelledError):
                 await self.boot_task
-            if self.board.state is State.ERROR and not self.ops.locked():
+            # An orphan (a QEMU this agent could not adopt) keeps its agent: `status` reports it
+            # and `stop` ends it, instead of each command starting another failed adoption.
+            if self.board.state is State.ERROR and not self.ops.locked() and not self._orphan_runs():
                 self.finished.set()
             await self.finished.wait()
             async with self.ops:
                 pass
         finally:
+            keeper.cancel()
             self.board.close()
-            await asyncio.sleep(0.1)
-            server.close()
+            await self.control.finish_answers()
+            for server in self._servers:
+                server.close()
             if not isinstance(address, str):
                 address.unlink(missing_ok=True)
             self._stop_watching()

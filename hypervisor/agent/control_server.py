@@ -17,7 +17,7 @@ from hypervisor.forward import remove_stale_socket
 
 log = logging.getLogger("pinnace.agent")
 
-Operation = Callable[[str], Awaitable[None]]  # "stop" | "restart" | "reset"
+Operation = Callable[[str], Awaitable[None]]  # "stop" | "restart" | "reset" | "resume"
 
 
 class ControlServer:
@@ -50,6 +50,9 @@ class ControlServer:
                     writer.write(encode({"ok": True, "result": self.board.status.to_dict()}))
                 except PinnaceError as exc:
                     writer.write(encode({"ok": False, "error": str(exc)}))
+                except Exception as exc:  # noqa: BLE001 - the client gets an answer, never a closed socket
+                    log.exception("%s failed", op)
+                    writer.write(encode({"ok": False, "error": f"{op} failed: {exc}"}))
             await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -58,6 +61,13 @@ class ControlServer:
                 self._clients.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def finish_answers(self, timeout: float = 3.0) -> None:
+        """Let requests already answered (a stop's own reply) reach their clients before the
+        agent exits; watchers are left to the board's close."""
+        pending = [t for t in self._clients if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def _stream(self, writer: asyncio.StreamWriter) -> None:
         queue = self.board.watch()

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from hypervisor import engine, mounts
 from hypervisor.agent.file_events import FileEventRelay
 from hypervisor.agent.qemu_driver import Machine
+from hypervisor.agent.recovery import paused_engine_message
 from hypervisor.agent.status_board import StatusBoard
-from hypervisor.errors import HostKeyMismatchError, MachineError, PinnaceError, SSHError
+from hypervisor.errors import EngineUnavailableError, HostKeyMismatchError, MachineError, PinnaceError, SSHError
 from hypervisor.paths import Paths
 from hypervisor.platform import Platform
 from hypervisor.port_publisher import Hmp, PortPublisher
@@ -42,6 +44,8 @@ class EngineLink:
         self.forwarder: Any = None  # UnixSocketForwarder | NamedPipeForwarder
         self.ports: PortPublisher | None = None
         self.file_events: FileEventRelay | None = None
+        self.paused: str | None = None  # why the VM is paused: new engine connections are refused
+        self._retired: list[Any] = []  # forwarders whose socket file was removed (keep_endpoint)
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -62,10 +66,22 @@ class EngineLink:
         self.board.update(docker_socket=str(endpoint))
         self._start_ports(hmp, ssh_port)
 
+    def set_paused(self, reason: str | None, drop_connections: bool = False) -> None:
+        """While paused, docker clients get `reason` at once instead of a connection that hangs;
+        `drop_connections` also ends those in flight (they cannot finish before space is freed)."""
+        self.paused = reason
+        forwarder = self.forwarder
+        if reason is not None and drop_connections and forwarder is not None:
+            dropped = forwarder.abort_all()
+            if dropped:
+                log.warning("dropped %d engine connection(s) of the paused VM", dropped)
+
     def open_engine_channel(self):  # noqa: ANN201 - a paramiko Channel
         """A channel to the guest's engine socket; rides out an sshd restart (a few seconds)."""
         deadline, delay = time.monotonic() + ENGINE_RECONNECT_GRACE_S, 0.1
         while True:
+            if self.paused is not None:
+                raise EngineUnavailableError(paused_engine_message(self.paused))
             ssh = self.ssh
             if ssh is None:
                 raise MachineError("the VM is not running")
@@ -114,7 +130,7 @@ class EngineLink:
         except PinnaceError as exc:
             log.warning("published ports stay on loopback: %s", exc)
             expose_all = False
-        shares = mounts.read_fw_cfg(self.paths.runtime_dir / "shares")
+        shares = mounts.read_fw_cfg(self.paths.shares_record)
         if shares:
             self.file_events = FileEventRelay(self.open_guest_command, shares)
             self.file_events.start()
@@ -125,6 +141,17 @@ class EngineLink:
             on_new_container=mounts.BindHinter(shares),
             on_binds=self.file_events.follow if self.file_events else None)
         self.ports.start()
+
+    async def keep_endpoint(self) -> None:
+        """The engine socket removed under a running forwarder (a logout's runtime dir): serve it
+        again from a new forwarder; connections in flight stay on the old one until close."""
+        forwarder, endpoint = self.forwarder, self.platform.engine_endpoint(self.paths)
+        if forwarder is None or not isinstance(endpoint, Path) or endpoint.exists():
+            return
+        log.warning("%s was removed under the running VM: serving it again", endpoint)
+        fresh = self.platform.engine_forwarder(endpoint, self.open_engine_channel)
+        await asyncio.get_running_loop().run_in_executor(None, fresh.start)
+        self.forwarder, self._retired = fresh, [*self._retired, forwarder]
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -138,12 +165,14 @@ class EngineLink:
         file_events, self.file_events = self.file_events, None
         if file_events is not None:
             await self._bounded("stopping file events", loop.run_in_executor(None, file_events.close))
-        forwarder, self.forwarder = self.forwarder, None
-        if forwarder is not None:
-            await self._bounded("stopping the engine socket", loop.run_in_executor(None, forwarder.stop))
+        forwarders, self.forwarder, self._retired = [*self._retired, self.forwarder], None, []
+        for forwarder in forwarders:
+            if forwarder is not None:
+                await self._bounded("stopping the engine socket", loop.run_in_executor(None, forwarder.stop))
         ssh, self.ssh = self.ssh, None
         if ssh is not None:
             await self._bounded("closing SSH", loop.run_in_executor(None, ssh.close))
+        self.paused = None
         self.board.update(port_forwards=[], docker_socket="")
 
     @staticmethod

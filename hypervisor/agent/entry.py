@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     logging.getLogger("qemu").setLevel(logging.WARNING)
     platform = host_platform.current()
-    lock = open(paths.agent_lock, "a+")  # noqa: SIM115 - held open, and locked, for the agent's life
+    # Held open, and locked, for the agent's life; owner-only like every file of the instance.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    lock = os.fdopen(os.open(paths.agent_lock, flags, 0o600), "a+")
     if not platform.try_lock(lock):
         log.info("another agent holds %s; exiting", paths.agent_lock)
         return 0

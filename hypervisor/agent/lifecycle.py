@@ -22,13 +22,15 @@ class State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     ERROR = "error"
+    PAUSED = "paused"  # QEMU stopped the VM (a full host disk, a QMP stop): alive, not serving
 
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.ERROR, State.STOPPED}),
     # RUNNING -> STOPPED: QEMU exited on its own (guest poweroff, crash, -no-reboot reset).
-    State.RUNNING: frozenset({State.STOPPING, State.ERROR, State.STOPPED}),
+    State.RUNNING: frozenset({State.STOPPING, State.ERROR, State.STOPPED, State.PAUSED}),
+    State.PAUSED: frozenset({State.RUNNING, State.STOPPING, State.ERROR, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED, State.ERROR}),
     State.ERROR: frozenset({State.STARTING, State.STOPPING, State.STOPPED}),
 }

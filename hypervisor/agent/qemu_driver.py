@@ -78,6 +78,7 @@ class QemuDriver:
         self.virtiofsds: list[virtiofsd.Running] = []  # the daemons this driver started
         self.expect_exit = False  # a stop or a failure we caused: QEMU's exit is no news
         self.guest_shutdown = False
+        self.paused = False  # QEMU has the VM stopped (QMP STOP without a RESUME yet)
         self.qemu_log = paths.log_dir / "qemu.log"
         self.qemu_log_offset = bootlog.SerialTail.end_of(self.qemu_log)
         # Waiting for and ending processes never queues behind engine or SSH calls that a dead or
@@ -92,7 +93,7 @@ class QemuDriver:
     async def boot(self) -> Machine:
         """Check, prepare and spawn QEMU; returns once QMP answers (the guest is still booting)."""
         loop = asyncio.get_running_loop()
-        self.expect_exit = self.guest_shutdown = False
+        self.expect_exit = self.guest_shutdown = self.paused = False
         self.board.stage("checking QEMU and the image")
         arch = guest_arch(self.env)  # the host's, or PINNACE_ARCH's (a foreign guest runs under TCG)
         os_name = self.platform.os_name
@@ -124,7 +125,7 @@ class QemuDriver:
         self.platform.write_private_text(rt / "authorized_keys", authorized_keys_line(keys.client_public) + "\n")
         self.platform.write_private_text(rt / "hostname", f"pinnace-{self.paths.instance}\n")
         shares, daemon = await loop.run_in_executor(None, self._plan_shares, settings)
-        self.platform.write_private_text(rt / "shares", mounts.fw_cfg_text(shares))
+        self.platform.write_private_text(self.paths.shares_record, mounts.fw_cfg_text(shares))
         done = disk.ensure(qemu_img, self.paths.data_disk, settings.disk_gib)
         log.info("data disk %s: %s (%d GiB)", self.paths.data_disk, done, settings.disk_gib)
         # The guest formats the disk only when told it is new: a damaged filesystem is repaired or
@@ -142,7 +143,7 @@ class QemuDriver:
                     ("opt/pinnace/authorized_keys", rt / "authorized_keys"),
                     ("opt/pinnace/hostname", rt / "hostname"),
                     ("opt/pinnace/data_fresh", rt / "data_fresh"),
-                    (mounts.FW_CFG_NAME, rt / "shares")),
+                    (mounts.FW_CFG_NAME, self.paths.shares_record)),
             serial_log=self.paths.serial_log, qmp_socket=self.qmp_address(fresh=True),
             pidfile=self.paths.qemu_pidfile, shares=tuple(shares), share_socket_dir=self.paths.socket_dir,
         )
@@ -208,7 +209,7 @@ class QemuDriver:
     async def adopt(self, pid: int) -> Machine:
         """A QEMU of ours that outlived its agent: connect to it instead of booting a second VM."""
         log.info("adopting running QEMU pid %d", pid)
-        self.expect_exit = self.guest_shutdown = False
+        self.expect_exit = self.guest_shutdown = self.paused = False
         self.pid, self.proc = pid, None
         self.board.update(qemu_pid=pid)
         keys = ensure_instance_keys(self.paths.keys_dir, self.paths.instance)
@@ -237,16 +238,61 @@ class QemuDriver:
         self.monitor = Monitor(self.qmp_address(fresh=False), f"pinnace-{self.paths.instance}")
         await self.monitor.connect(timeout=10.0, gone=self._gone_reason)
 
-    async def follow_events(self) -> None:
-        """QMP events, logged; a guest poweroff is remembered so QEMU's exit is explained."""
+    async def follow_events(self, on_event: Callable[[str, dict], None] = lambda name, data: None) -> None:
+        """QMP events, logged and handed to `on_event`; a guest poweroff is remembered so QEMU's
+        exit is explained, a pause so a stop does not wait on a guest that cannot run."""
         monitor = self.monitor
         if monitor is None:
             return
         with contextlib.suppress(Exception):
-            async for name in monitor.events():
-                log.info("QMP event %s", name)
+            repeated: tuple[str, dict] | None = None
+            async for name, data in monitor.events():
+                if (name, data) != repeated:  # a full disk raises one BLOCK_IO_ERROR per request
+                    log.info("QMP event %s%s", name, f" {data}" if data else "")
+                repeated = (name, data) if name == "BLOCK_IO_ERROR" else None
                 if name == "SHUTDOWN":
                     self.guest_shutdown = True
+                elif name == "STOP":
+                    self.paused = True
+                elif name == "RESUME":
+                    self.paused = False
+                try:
+                    on_event(name, data)
+                except Exception:  # noqa: BLE001 - a handler's bug must not end the event stream
+                    log.exception("handling QMP event %s", name)
+
+    async def pause(self) -> None:
+        """QMP stop: the VM stops running and keeps its memory (the user's pause)."""
+        monitor = self.monitor
+        if monitor is None:
+            raise MonitorError("QEMU's monitor is not connected")
+        try:
+            await asyncio.wait_for(monitor.execute("stop"), QMP_CALL_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise MonitorError(f"QEMU did not answer stop in {QMP_CALL_TIMEOUT_S:.0f} s", exc) from exc
+
+    async def resume(self) -> None:
+        """QMP cont: a paused VM runs again (it pauses again at once if its disk is still full)."""
+        monitor = self.monitor
+        if monitor is None:
+            raise MonitorError("QEMU's monitor is not connected")
+        try:
+            await asyncio.wait_for(monitor.cont(), QMP_CALL_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise MonitorError(f"QEMU did not answer cont in {QMP_CALL_TIMEOUT_S:.0f} s", exc) from exc
+
+    async def query_paused(self) -> bool:
+        """Whether QEMU has the VM paused now (an adopted VM may have been paused before we came)."""
+        monitor = self.monitor
+        if monitor is None:
+            return False
+        try:
+            state = await asyncio.wait_for(monitor.run_state(), QMP_CALL_TIMEOUT_S)
+        except (TimeoutError, PinnaceError) as exc:
+            log.warning("query-status: %s", exc or "no answer")
+            return False
+        self.paused = state not in ("running", "")
+        return self.paused
 
     async def wait_exit(self) -> str:
         """Returns why QEMU exited, once it has (a stop's own exit included: see expect_exit)."""
@@ -290,19 +336,13 @@ class QemuDriver:
         tail = [ln for ln in bootlog.SerialTail(self.qemu_log, self.qemu_log_offset).read_lines() if ln.strip()]
         return f"QEMU exited unexpectedly ({what})" + (f": {tail[-1]}" if tail else "")
 
-    def qmp_address(self, fresh: bool) -> Path | tuple[str, int]:
-        """The unix socket; where the platform has none for QEMU (Windows) a loopback port, new for
-        a fresh QEMU and read back from its file when attaching or re-adopting."""
+    def qmp_address(self, fresh: bool) -> Path | Monitor.PipeAddress:
+        """The unix socket; where the platform has none for QEMU (Windows) the named pipe QEMU
+        creates (never a TCP port: see spec.qmp_argv). To connect (not `fresh`), the pipe address
+        names the QEMU expected to serve it, so a pipe someone else created first is refused."""
         if self.platform.qmp_over_unix_socket:
             return self.paths.qmp_socket
-        if fresh:
-            port = free_loopback_port()
-            self.platform.write_private_text(self.paths.qmp_port_file, str(port))
-            return ("127.0.0.1", port)
-        try:
-            return ("127.0.0.1", int(self.paths.qmp_port_file.read_text().strip()))
-        except (OSError, ValueError) as exc:
-            raise MachineError(f"no QMP port recorded in {self.paths.qmp_port_file}", exc) from exc
+        return Monitor.PipeAddress(self.paths.named_pipe("qmp"), server_pid=None if fresh else self.pid)
 
     # --- stopping --------------------------------------------------------------------------
 
@@ -321,16 +361,32 @@ class QemuDriver:
         self.expect_exit = True
         pid = self.pid or 0
         if self.alive():
+            if self.paused:  # a paused guest cannot see the power button: let it run to hear it
+                await self._qmp("cont")
             await self._qmp("powerdown")
-            clean = await self._offload(self.platform.wait_exit, pid, grace)
+            clean = await self._wait_powered_off(pid, grace)
             if not clean:
-                log.warning("guest did not power off within %.0f s; sending quit", grace)
+                log.warning("guest did not power off within %.0f s%s; sending quit", grace,
+                            " (paused again: its disk is still full)" if self.paused else "")
                 await self._qmp("quit")
                 clean = await self._offload(self.platform.wait_exit, pid, QUIT_GRACE_S)
             if not clean:
                 log.warning("QEMU did not quit; killing it")
                 await self._offload(self.platform.terminate, pid, 3.0)
         await self.release()
+
+    async def _wait_powered_off(self, pid: int, grace: float) -> bool:
+        """Until QEMU exits after a powerdown, for `grace` s; cut short when the VM pauses again
+        (a full disk): the guest cannot finish, and waiting would only delay the stop."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if await self._offload(self.platform.wait_exit, pid, 0.25):
+                return True
+            if self.paused:
+                await asyncio.sleep(0.5)  # a pause the cont above has not yet lifted
+                if self.paused:
+                    return False
+        return False
 
     async def kill(self) -> None:
         """End QEMU at once (a boot that failed after spawning it), then release what is left."""

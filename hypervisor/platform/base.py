@@ -33,6 +33,27 @@ class NotPrivateError(PermissionError):
     """
 
 
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+"""0 where the OS has no such flag (Windows): there a private file is opened as before."""
+
+
+def shown(path: Path | str) -> str:
+    """`path` for a one-line message: as it is, or quoted when it holds a newline or another
+    control character (a name can hold anything but / and NUL)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def open_no_follow(path: Path, flags: int) -> int:
+    """os.open that refuses a symlink planted at the last component (O_NOFOLLOW), in one line."""
+    try:
+        return os.open(path, flags | O_NOFOLLOW)
+    except OSError as exc:  # ELOOP on Linux and macOS, EMLINK on FreeBSD: ask the file system instead
+        if O_NOFOLLOW and os.path.islink(path):
+            raise NotPrivateError(f"{shown(path)} is a symlink; refusing to open a private file through it") from exc
+        raise
+
+
 class Platform(ABC):
     """One host OS: processes, detached spawning, endpoints and private files.
 
@@ -50,7 +71,7 @@ class Platform(ABC):
     named_pipes: ClassVar[bool] = False
     """Endpoints (engine, control API) are named pipes rather than unix sockets."""
     qmp_over_unix_socket: ClassVar[bool] = True
-    """QEMU's monitor on a unix socket; else on a loopback TCP port (asyncio has no AF_UNIX there)."""
+    """QEMU's monitor on a unix socket; else on a named pipe QEMU creates (asyncio has no AF_UNIX there)."""
 
     # --- processes -------------------------------------------------------------------------
 
@@ -152,10 +173,28 @@ class Platform(ABC):
     def _restrict_new(self, path: Path, fd: int, private: bool) -> None:
         """Set the permissions of a just-created, still empty temp file before data goes in."""
 
+    def _refuse_planted_link(self, path: Path) -> None:  # noqa: B027 - a hook, empty on purpose
+        """Hook before a private file is replaced: where planting a symlink is cheap (POSIX), one
+        at its name is refused. Nothing here: Windows keeps relying on its ACLs."""
+
+    def read_private(self, path: Path) -> bytes:
+        """A private file's bytes (a key), never read through a symlink planted at its name."""
+        path = Path(path)
+        if not O_NOFOLLOW:
+            return path.read_bytes()
+        with os.fdopen(open_no_follow(path, os.O_RDONLY), "rb") as f:
+            return f.read()
+
     def write_atomic(self, path: Path, data: bytes, *, private: bool = True) -> None:
         """Write via a temp file + rename, so a crash never leaves a half-written file; with
-        `private` the file is owner-only before a byte is written (the rename keeps that)."""
+        `private` the file is owner-only before a byte is written (the rename keeps that).
+
+        The temp file is made with O_EXCL (and O_NOFOLLOW where the OS has it) by mkstemp, and a
+        rename replaces a symlink rather than writing through it; a private file's name that is a
+        symlink is still refused, since someone meant to plant it."""
         path = Path(path)
+        if private:
+            self._refuse_planted_link(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             self._restrict_new(Path(tmp), fd, private)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hypervisor.platform.base import Endpoint, NotPrivateError, Platform, checked_pid, log
+from hypervisor.platform.base import Endpoint, NotPrivateError, Platform, checked_pid, log, open_no_follow, shown
+from hypervisor.platform.path_safety import check_ancestry
 
 if TYPE_CHECKING:
     from hypervisor.paths import Paths
@@ -122,12 +123,14 @@ class PosixPlatform(Platform):
 
         return UnixSocketForwarder(Path(endpoint), open_channel, name)
 
-    # --- private files: modes, and the owner checked before tightening ---------------------------
+    # --- private files: modes, the owner checked before tightening, and every parent (StrictModes) --
 
     def private_dir(self, directory: Path, *, tighten: bool = True, refuse_symlink: bool = False) -> None:
         directory = Path(directory)
+        _check_parents(directory, tighten, refuse_symlink)
+        _make_parents(directory.parent)
         try:
-            directory.mkdir(mode=0o700, parents=True)
+            directory.mkdir(mode=0o700)
         except FileExistsError:
             if tighten:
                 self._tighten_dir(directory, refuse_symlink)
@@ -137,23 +140,57 @@ class PosixPlatform(Platform):
     def _tighten_dir(self, directory: Path, refuse_symlink: bool) -> None:
         info = os.lstat(directory) if refuse_symlink else os.stat(directory)
         if stat.S_ISLNK(info.st_mode):
-            raise NotPrivateError(f"{directory} is a symlink; refusing to use it as a private directory")
+            raise NotPrivateError(f"{shown(directory)} is a symlink; refusing to use it as a private directory")
         if not stat.S_ISDIR(info.st_mode):
-            raise NotPrivateError(f"{directory} exists and is not a directory")
+            raise NotPrivateError(f"{shown(directory)} exists and is not a directory")
         uid = os.getuid()
         if info.st_uid != uid:
-            raise NotPrivateError(f"{directory} is owned by uid {info.st_uid}, not by you (uid {uid})")
+            raise NotPrivateError(f"{shown(directory)} is owned by uid {info.st_uid}, not by you (uid {uid})")
         if info.st_mode & stat.S_ISVTX:
-            raise NotPrivateError(f"{directory} is a shared directory (sticky bit); use a private one")
+            raise NotPrivateError(f"{shown(directory)} is a shared directory (sticky bit); use a private one")
         if info.st_mode & 0o077:
             os.chmod(directory, 0o700)
 
     def restrict(self, path: Path) -> None:
-        if os.stat(path).st_mode & 0o077:
-            os.chmod(path, 0o600)
+        """Through a descriptor opened without following a symlink: chmod would follow one someone
+        planted at a key's name to whatever file it names."""
+        fd = open_no_follow(Path(path), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
     def _restrict_new(self, path: Path, fd: int, private: bool) -> None:
         os.fchmod(fd, 0o600 if private else 0o644)
+
+    def _refuse_planted_link(self, path: Path) -> None:
+        if os.path.islink(path):
+            raise NotPrivateError(f"{shown(path)} is a symlink; refusing to replace it with a private file")
+
+
+def _check_parents(directory: Path, tighten: bool, refuse_symlink: bool) -> None:
+    """StrictModes for `directory`: every component above it, and it too unless it is about to be
+    tightened (then only the symlinks leading to it), or refused if a symlink."""
+    if refuse_symlink:
+        check_ancestry(directory.parent)
+    else:
+        check_ancestry(directory, check_self=not tighten)
+
+
+def _make_parents(directory: Path) -> None:
+    """Create the missing directories above a private one as 0700 (whatever the umask), so that
+    the next StrictModes check never refuses a group-writable parent Pinnace made itself."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile (another pinnace starting): a later check or mkdir judges it
+        os.chmod(new, 0o700)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,30 @@ def npipe_url(pipe: str) -> str:
     return "npipe://" + pipe.replace("\\", "/")
 
 
+@dataclass(frozen=True)
+class NamedPipeAddress:
+    r"""A local named pipe (\\.\pipe\NAME) as an address to connect to, e.g. QEMU's QMP pipe.
+
+    `server_pid`, when known, is the process that must be serving it: a client checks it before it
+    sends a byte, so a pipe of the same name created first by someone else (squatting) is refused.
+    """
+
+    name: str
+    server_pid: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.startswith(PIPE_PREFIX) or not self.short_name or "\\" in self.short_name:
+            raise ValueError(f"not a local pipe name: {self.name!r}")
+
+    @property
+    def short_name(self) -> str:
+        r"""The name without \\.\pipe\ (what QEMU's `-chardev pipe,path=` takes)."""
+        return self.name[len(PIPE_PREFIX):]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def powershell_exe(env: Mapping[str, str] | None = None) -> str:
     r"""Windows PowerShell by absolute path (under %SystemRoot%), not whatever `powershell` the
     current directory or PATH offers."""
@@ -169,6 +193,21 @@ def memory_mib() -> int:
     if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
         raise OSError("GlobalMemoryStatusEx failed")
     return int(status.ullTotalPhys) // (1024 * 1024)
+
+
+def named_pipe_server_pid(handle: int) -> int:
+    """The process id serving the server end of a connected pipe (GetNamedPipeServerProcessId)."""
+    import ctypes
+    from ctypes import wintypes
+
+    k = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    query = k.GetNamedPipeServerProcessId
+    query.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.ULONG))
+    query.restype = wintypes.BOOL
+    pid = wintypes.ULONG()
+    if not query(handle, ctypes.byref(pid)):
+        raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+    return int(pid.value)
 
 
 # --- private files: an owner-only DACL --------------------------------------------------------

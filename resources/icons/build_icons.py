@@ -10,25 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STATES = ("stopped", "starting", "starting-alt", "running", "error")
+STATES = ("stopped", "starting", "starting-alt", "running", "paused", "error")
 INK = {"light": "#263241", "dark": "#eef2f6", "template": "#000000"}
 BADGE = {
-    "light": {"running": "#1f9d55", "starting": "#d98a0b", "error": "#d83a3a"},
-    "dark": {"running": "#3ddc7a", "starting": "#f5b640", "error": "#ff5c5c"},
-    "template": {"running": "#000000", "starting": "#000000", "error": "#000000"},
+    "light": {"running": "#1f9d55", "starting": "#d98a0b", "paused": "#d98a0b", "error": "#d83a3a"},
+    "dark": {"running": "#3ddc7a", "starting": "#f5b640", "paused": "#f5b640", "error": "#ff5c5c"},
+    "template": {"running": "#000000", "starting": "#000000", "paused": "#000000", "error": "#000000"},
 }
 
 HULL = "M3 20.5H29C28.2 24.6 25.8 27.5 22.4 27.5H9.6C6.2 27.5 3.8 24.6 3 20.5Z"
 MAST = '<rect x="15.2" y="2.5" width="1.6" height="18" rx="0.8"/>'
 MAIN_SAIL = "M18 4.5V18.5H27.5Z"
 JIB = "M14 7.5V18.5H6.5Z"
-# Badge in the free top-right corner; the error badge has an exclamation mark cut out (even-odd)
-# so it reads the same in the monochrome template.
+# Badge in the free top-right corner; the error badge has an exclamation mark and the paused badge
+# two pause bars cut out (even-odd), so they read the same in the monochrome template.
 BADGE_DOT = '<circle cx="26" cy="6.5" r="4.5" fill="{c}"/>'
 BADGE_RING = '<circle cx="26" cy="6.5" r="3.6" fill="none" stroke="{c}" stroke-width="1.8"/>'
 BADGE_ERROR = (
     '<path fill="{c}" fill-rule="evenodd" d="M26 1.5A5 5 0 1 1 26 11.5A5 5 0 1 1 26 1.5Z'
     'M25.1 3.6H26.9L26.6 7.4H25.4Z M25.1 8.5H26.9V10.1H25.1Z"/>'
+)
+BADGE_PAUSED = (
+    '<path fill="{c}" fill-rule="evenodd" d="M26 1.5A5 5 0 1 1 26 11.5A5 5 0 1 1 26 1.5Z'
+    'M24.1 4H25.5V9H24.1Z M26.5 4H27.9V9H26.5Z"/>'
 )
 
 
@@ -52,6 +56,8 @@ def badge(state: str, variant: str) -> str:
         return BADGE_RING.format(c=colour)
     if state == "error":
         return BADGE_ERROR.format(c=colour)
+    if state == "paused":
+        return BADGE_PAUSED.format(c=colour)
     return BADGE_DOT.format(c=colour)
 
 

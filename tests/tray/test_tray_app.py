@@ -145,3 +145,70 @@ def test_second_start_reaches_the_first(qtbot, paths: Paths) -> None:  # noqa: A
     third = SingleInstance(name)  # the socket file is reclaimed once its owner is gone
     assert third.claim()
     third.close()
+
+
+DISK_FULL = "the disk holding /home/u/data.qcow2 is full (12 MiB free): the VM resumes by itself when space is freed"
+CRASH = "QEMU exited unexpectedly (killed by signal 9)"
+
+
+def test_paused_vm_menu_icon_and_resume(qtbot, paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from app.tray import icons
+    from hypervisor import operations
+
+    drawn: list[str] = []
+    real_icon = icons.state_icon
+
+    def recording_icon(state: str, *args: object, **kwargs: object) -> object:
+        drawn.append(state)
+        return real_icon(state, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(icons, "state_icon", recording_icon)
+    started: list[str] = []
+    monkeypatch.setattr(operations, "start", lambda p, **_k: started.append(p.instance))
+    tray, controller, _ = make_tray(paths, SlowClient(running_status(), delay=0))
+    controller._on_status(running_status())
+    controller._on_status(running_status(state="paused", reason=DISK_FULL))
+    assert drawn[-1] == "paused" and not tray._anim.isActive()
+    assert tray.icon.toolTip().splitlines()[0] == "Pinnace: Paused"
+    assert tray.last_notice is not None and tray.last_notice.title == "Pinnace VM paused"
+    tray.menu.aboutToShow.emit()
+    assert tray.status_action.text().startswith("Paused: the disk holding")
+    assert tray.actions[Action.START].text() == "Resume" and tray.actions[Action.RESET].isEnabled()
+    with qtbot.waitSignal(controller.operation_done, timeout=5000):
+        tray.actions[Action.START].trigger()
+    assert started == ["default"]  # Resume is hypervisor.operations.start, as the contract says
+
+
+def test_crash_restart_notices_through_the_controller(qtbot, paths: Paths) -> None:  # noqa: ANN001
+    tray, controller, _ = make_tray(paths, SlowClient(running_status(), delay=0))
+    notes: list[str] = []
+    controller.notice.connect(lambda n: notes.append(n.title))
+    restarting = Status("default", state="error", reason=f"{CRASH}; restarting in 2 s (1 of 3)")
+    rebooting = Status("default", state="starting", reason="restarting after a crash (1 of 3)")
+    for status in (running_status(), restarting, restarting, rebooting, running_status(), running_status()):
+        controller._on_status(status)
+    gave_up = f"{CRASH}; not restarted again: it crashed 3 times in 5 minutes"
+    controller._on_status(Status("default", state="error", reason=gave_up))
+    assert notes == [
+        "Pinnace is restarting the VM after a crash",
+        "Pinnace VM restarted",
+        "Pinnace VM crashed",
+    ]
+    assert tray.last_notice is not None and tray.last_notice.message == gave_up
+
+
+def test_clock_warning_notices_through_the_controller(qtbot, paths: Paths) -> None:  # noqa: ANN001
+    tray, controller, _ = make_tray(paths, SlowClient(running_status(), delay=0))
+    notes: list[str] = []
+    controller.notice.connect(lambda n: notes.append(n.message))
+    unset = "the guest clock could not be set (host sleep of +3600 s): ssh: connection refused"
+    for status in (
+        running_status(clock_offset_s=0.003),
+        running_status(clock_offset_s=0.003, clock_warning=unset),
+        running_status(clock_offset_s=0.003, clock_warning=unset, stage="ready"),  # same warning: once
+        running_status(clock_offset_s=0.002),  # corrected: quiet
+    ):
+        controller._on_status(status)
+    assert notes == [unset]
+    assert tray.last_notice is not None and tray.last_notice.warning and not tray.last_notice.critical
+    assert tray.icon.toolTip().splitlines()[-1] == "Clock: guest +0.002 s from host"

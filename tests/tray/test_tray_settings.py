@@ -81,3 +81,14 @@ def test_dialog_shows_inline_errors_and_blocks_save(qtbot) -> None:  # noqa: ANN
         dialog.restart_button.click()
     new, restart = saved.args
     assert restart is True and new.cpus == 3 and new.disk_gib == 80
+
+
+def test_paused_vm_counts_as_running_for_restart_changes(qtbot) -> None:  # noqa: ANN001 - pytest-qt
+    from app.tray.settings_dialog import SettingsDialog
+    from tests.tray.helpers import running_status
+
+    dialog = SettingsDialog(BASE, HOST, 64, running_status(state="paused", reason="paused (QEMU stopped the VM)"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.cpus.setValue(3)
+    assert dialog.restart_button.isVisible() and "restarts" in dialog.note.text()

@@ -6,6 +6,7 @@ import pytest
 
 from app.tray.menu_model import Action, build_menu, icon_state, lifecycle_actions
 from app.tray.status_text import (
+    clock_text,
     context_command,
     docker_host,
     memory_text,
@@ -52,6 +53,30 @@ def test_tooltip_has_state_accelerator_and_engine() -> None:
     assert tooltip(None, "dev") == "Pinnace (dev): Stopped"
 
 
+def test_tooltip_shows_the_guest_clock_while_running() -> None:
+    lines = tooltip(running_status(clock_offset_s=0.012)).splitlines()
+    assert lines == ["Pinnace: Running", "Accelerator: KVM", "Docker 26.1.3", "Clock: guest +0.012 s from host"]
+    warning = "the guest clock could not be set (the VM resumed): ssh: connection timed out\ndetails"
+    lines = tooltip(running_status(clock_offset_s=-41.5, clock_warning=warning)).splitlines()
+    assert lines[-2:] == [
+        "Clock: guest -41.500 s from host",
+        "⚠ the guest clock could not be set (the VM resumed): ssh: connection timed out",
+    ]
+    assert tooltip(running_status(clock_warning=warning)).splitlines()[-1].startswith("⚠ the guest clock")
+    assert "Clock" not in tooltip(running_status())  # not measured yet
+    # not while it is not running: a paused clock stands still, a stopped one's facts are old
+    paused = running_status(state="paused", reason="paused", clock_offset_s=0.01, clock_warning=warning)
+    assert tooltip(paused).splitlines() == ["Pinnace: Paused", "Accelerator: KVM", "Docker 26.1.3", "paused"]
+    assert tooltip(Status("default", clock_offset_s=0.01, clock_warning=warning)) == "Pinnace: Stopped"
+    assert status_line(running_status(clock_offset_s=3.0)) == "Running · KVM · Docker 26.1 · 2 CPUs, 4 GiB"
+
+
+def test_clock_text() -> None:
+    assert clock_text(0.0123) == "guest +0.012 s from host"
+    assert clock_text(-0.0004) == "guest +0.000 s from host"  # no "-0.000"
+    assert clock_text(-2.5) == "guest -2.500 s from host"
+
+
 def test_docker_connection_hints() -> None:
     assert context_command("default") == "docker context use pinnace"
     assert context_command("dev") == "docker context use pinnace-dev"
@@ -67,6 +92,7 @@ def test_docker_connection_hints() -> None:
         ("running", [Action.STOP, Action.RESTART]),
         ("stopping", []),
         ("error", [Action.START, Action.STOP]),
+        ("paused", [Action.START, Action.STOP, Action.RESTART]),
     ],
 )
 def test_lifecycle_actions_per_state(state: str, expected: list[Action]) -> None:
@@ -110,3 +136,35 @@ def test_icon_state() -> None:
     assert icon_state(Status("d", state="stopping")) == "starting"
     assert icon_state(Status("d", state="error")) == "error"
     assert icon_state(running_status()) == "running"
+    assert icon_state(Status("d", state="paused")) == "paused"
+    assert icon_state(Status("d", state="hibernating")) == "stopped"  # unknown to this tray
+
+
+DISK_FULL = (
+    "the disk holding /home/u/.local/share/pinnace/instances/default/data.qcow2 is full (12 MiB free): "
+    "the VM resumes by itself when space is freed"
+)
+
+
+def test_paused_shows_its_reason_like_an_error() -> None:
+    assert status_line(Status("default", state="paused", reason="paused (QEMU stopped the VM)")) == (
+        "Paused: paused (QEMU stopped the VM)"
+    )
+    line = status_line(running_status(state="paused", reason=DISK_FULL))
+    assert line.startswith("Paused: the disk holding /home/u/") and line.endswith("…")
+    assert status_line(Status("default", state="paused")) == "Paused"
+    assert tooltip(Status("default", state="paused", reason="paused (QEMU stopped the VM)")).splitlines() == [
+        "Pinnace: Paused",
+        "paused (QEMU stopped the VM)",
+    ]
+
+
+def test_paused_menu_offers_resume_and_reset() -> None:
+    entries = build_menu(running_status(state="paused", reason=DISK_FULL))
+    by_action = {e.action: e for e in entries if e.action is not None}
+    assert by_action[Action.START].text == "Resume"
+    assert by_action[Action.STOP].text == "Stop" and by_action[Action.RESTART].text == "Restart"
+    assert by_action[Action.RESET].enabled
+    assert [e.action for e in entries][2:5] == [Action.START, Action.STOP, Action.RESTART]
+    assert {e.action: e.text for e in build_menu(None)}[Action.START] == "Start"  # only paused says Resume
+    assert not {e.action: e for e in build_menu(Status("d", state="stopping"))}[Action.RESET].enabled

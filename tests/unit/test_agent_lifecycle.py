@@ -11,6 +11,7 @@ import pytest
 
 from hypervisor.agent.agent import Agent
 from hypervisor.agent.qemu_driver import Machine
+from hypervisor.agent.recovery import RestartPolicy
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.control import Status
 from hypervisor.errors import MachineError, PinnaceError, SSHError, StateError
@@ -33,6 +34,8 @@ class FakeDriver:
         self.boot_error: PinnaceError | None = None
         self.adopt_error: PinnaceError | None = None
         self.dies_while_booting = False
+        self.guest_shutdown = False
+        self.on_event = None  # the agent's QMP event handler, to play events from a test
 
     async def boot(self) -> Machine:
         self.calls.append("boot")
@@ -56,8 +59,14 @@ class FakeDriver:
             self.die()
             await asyncio.sleep(3600)  # the exit watcher cancels the boot
 
-    async def follow_events(self) -> None:
+    async def follow_events(self, on_event=None) -> None:  # noqa: ANN001
+        self.on_event = on_event
         await asyncio.sleep(3600)
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+        if self.on_event is not None:
+            self.on_event("RESUME", {})
 
     async def watch_virtiofsds(self) -> None:
         await asyncio.sleep(3600)
@@ -108,6 +117,15 @@ class FakeLink:
 
     async def close(self) -> None:
         self.calls.append("close")
+
+    def set_paused(self, reason, drop_connections: bool = False) -> None:  # noqa: ANN001
+        self.calls.append(f"paused {bool(reason)} drop={drop_connections}")
+
+    async def keep_endpoint(self) -> None:
+        pass
+
+    def open_guest_command(self, command: str):  # noqa: ANN201 - the clock keeper's way in
+        raise SSHError("no guest in this test")
 
 
 class Harness:
@@ -260,7 +278,8 @@ def test_failed_adoption_never_kills_a_healthy_vm(tmp_path: Path) -> None:
         assert h.states() == ["stopped", "starting", "error"]
         assert h.driver.calls == ["adopt 4242", "detach"]
         assert h.driver.running  # untouched
-        assert "left running" in h.board.status.reason and "sshd" in h.board.status.reason
+        assert "runs but cannot be re-adopted" in h.board.status.reason and "sshd" in h.board.status.reason
+        assert "`pinnace stop` ends it" in h.board.status.reason
 
     run(scenario())
 
@@ -296,6 +315,7 @@ def test_qemu_dying_during_boot_is_reported_with_its_reason(tmp_path: Path) -> N
 def test_qemu_dying_while_running_is_reported_before_any_teardown(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = Harness(tmp_path)
+        h.agent.restarts = RestartPolicy(delays_s=(0.05,))
         await h.agent.boot()
         seen_at_close: list[str] = []
 
@@ -305,11 +325,104 @@ def test_qemu_dying_while_running_is_reported_before_any_teardown(tmp_path: Path
 
         h.link.close = slow_close  # type: ignore[method-assign]
         h.driver.die()
+        await wait_state(h, "error")
+        assert h.board.status.reason == f"{h.driver.exit_reason_text}; restarting in 0 s (1 of 3)"
+        await wait_state(h, "running")
+        assert seen_at_close[0] == "error"
+        assert h.states() == ["stopped", "starting", "running", "error", "starting", "running"]
+        assert h.board.status.reason == "engine ready"
+        assert h.driver.calls == ["boot", "release", "boot"]
+        assert not h.agent.finished.is_set()
+
+    run(scenario())
+
+
+async def wait_state(h: Harness, state: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while h.board.state.value != state:
+        assert asyncio.get_running_loop().time() < deadline, f"still {h.board.state.value}, not {state}"
+        await asyncio.sleep(0.01)
+
+
+def test_a_crash_loop_is_not_restarted_for_ever(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.agent.restarts = RestartPolicy(limit=1, delays_s=(0.01,))
+        await h.agent.boot()
+        h.driver.die()
+        await wait_state(h, "error")
+        await wait_state(h, "running")
+        h.driver.die()
         await asyncio.wait_for(h.agent.finished.wait(), 5)
-        assert seen_at_close == ["error"]
-        assert h.states() == ["stopped", "starting", "running", "error"]
-        assert h.board.status.reason == h.driver.exit_reason_text
-        assert h.driver.calls == ["boot", "release"]
+        assert h.board.state.value == "error"
+        assert "not restarted again: it crashed 2 times in 5 minutes" in h.board.status.reason
+        assert h.driver.calls.count("boot") == 2
+
+    run(scenario())
+
+
+def test_a_stop_during_the_restart_delay_wins(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.agent.restarts = RestartPolicy(delays_s=(30.0,))
+        await h.agent.boot()
+        h.driver.die()
+        await wait_state(h, "error")
+        await asyncio.wait_for(h.agent.operate("stop"), 5)
+        assert h.board.state.value == "stopped"
+        assert h.driver.calls.count("boot") == 1
+
+    run(scenario())
+
+
+def test_a_guest_that_powered_off_is_not_restarted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.agent.restarts = RestartPolicy(delays_s=(0.01,))
+        await h.agent.boot()
+        h.driver.guest_shutdown = True
+        h.driver.die()
+        await asyncio.wait_for(h.agent.finished.wait(), 5)
+        assert h.board.state.value == "error"
+        assert h.driver.calls.count("boot") == 1
+
+    run(scenario())
+
+
+def test_a_full_disk_pauses_then_resumes_when_there_is_room(tmp_path: Path) -> None:
+    """QEMU's BLOCK_IO_ERROR (nospace) + STOP: paused with the reason, engine clients refused and
+    the ones in flight dropped; the real free space of tmp_path is ample, so the agent resumes."""
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        await settle()
+        h.driver.on_event("BLOCK_IO_ERROR", {"device": "", "node-name": "data", "operation": "write",
+                                             "action": "stop", "nospace": True, "reason": "No space left on device"})
+        h.driver.on_event("STOP", {})
+        assert h.board.state.value == "paused"
+        assert f"the disk holding {h.paths.data_disk} is full" in h.board.status.reason
+        assert "paused True drop=True" in h.link.calls
+        await wait_state(h, "running")
+        assert h.board.status.reason == "resumed"
+        assert "resume" in h.driver.calls
+        assert h.link.calls[-1] == "paused False drop=False"
+        assert h.states() == ["stopped", "starting", "running", "paused", "running"]
+
+    run(scenario())
+
+
+def test_a_plain_pause_waits_for_the_users_start(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        await settle()
+        h.driver.on_event("STOP", {})
+        assert h.board.state.value == "paused"
+        assert "paused True drop=False" in h.link.calls
+        await asyncio.sleep(0.2)
+        assert "resume" not in h.driver.calls  # not a full disk: nothing resumes it behind the user's back
+        await h.agent.operate("resume")
+        assert h.board.state.value == "running"
 
     run(scenario())
 

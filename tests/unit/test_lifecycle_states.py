@@ -27,7 +27,7 @@ def run(lc: Lifecycle, *states: State) -> list[State]:
 
 
 def test_values_are_lowercase_strings() -> None:
-    assert [s.value for s in State] == ["stopped", "starting", "running", "stopping", "error"]
+    assert [s.value for s in State] == ["stopped", "starting", "running", "stopping", "error", "paused"]
 
 
 def test_start() -> None:
@@ -88,11 +88,20 @@ def test_illegal_moves_raise_and_change_nothing(old: State, new: State) -> None:
     assert lc.state is old and seen == [old]
 
 
+def test_pause_and_resume() -> None:
+    lc = Lifecycle(S.RUNNING)
+    assert run(lc, S.PAUSED, S.RUNNING, S.PAUSED, S.STOPPING) == [S.RUNNING, S.PAUSED, S.RUNNING, S.PAUSED,
+                                                                 S.STOPPING]
+    with pytest.raises(StateError):
+        Lifecycle(S.STARTING).transition(S.PAUSED)  # a boot is not paused: it waits or fails
+
+
 def test_exact_allowed_table() -> None:
     assert ALLOWED == {
         S.STOPPED: {S.STARTING},
         S.STARTING: {S.RUNNING, S.STOPPING, S.ERROR, S.STOPPED},
-        S.RUNNING: {S.STOPPING, S.ERROR, S.STOPPED},
+        S.RUNNING: {S.STOPPING, S.ERROR, S.STOPPED, S.PAUSED},
+        S.PAUSED: {S.RUNNING, S.STOPPING, S.ERROR, S.STOPPED},
         S.STOPPING: {S.STOPPED, S.ERROR},
         S.ERROR: {S.STARTING, S.STOPPING, S.STOPPED},
     }

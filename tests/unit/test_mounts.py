@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor import mounts
-from hypervisor.errors import MachineError
+from hypervisor.errors import MachineError, SettingsError
 from hypervisor.mounts import GuestShare
 from hypervisor.settings import Share
 from hypervisor.spec import MachineSpec, build_argv
@@ -29,18 +29,112 @@ def test_plan_merges_duplicates_rw_wins() -> None:
     assert planned == [GuestShare("pinnace0", "/srv", False)]
 
 
-def test_plan_skips_unusable_entries(caplog) -> None:  # noqa: ANN001
-    caplog.set_level(logging.WARNING, "pinnace.mounts")
-    shares = [Share("relative"), Share("/"), Share("/usr"), Share("/var/lib/docker"), Share("/proc/1"),
-              Share("/tab\there"), Share("/missing"), Share("/ok")]
-    planned = mounts.plan(shares, "linux", lambda p: p != "/missing")
-    assert [s.path for s in planned] == ["/ok"]
-    assert "not a directory" in caplog.text and "hide a directory" in caplog.text and "tab" in caplog.text
+# --- which folders can be shared -------------------------------------------------------------------
+
+REFUSED_UNDER = sorted(mounts.GUEST_SYSTEM_PATHS)
 
 
-def test_plan_allows_paths_under_tmp_and_var() -> None:
-    planned = mounts.plan([Share("/tmp/proj"), Share("/var/folders/xy/T")], "darwin", always_dir)
-    assert [s.path for s in planned] == ["/tmp/proj", "/var/folders/xy/T"]
+@pytest.mark.parametrize("system", REFUSED_UNDER)
+def test_every_guest_system_path_is_refused_at_and_under_it(system: str) -> None:
+    assert mounts.guest_path_problem(system) == f"is the VM's own {system} ({mounts.GUEST_SYSTEM_PATHS[system]})"
+    assert mounts.guest_path_problem(system + "/") is not None
+    assert mounts.guest_path_problem(f"{system}/some/dir").startswith(f"is under the VM's own {system} (")
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("/usr/local", "under the VM's own /usr"),
+        ("/usr/local/src/proj", "under the VM's own /usr"),
+        ("/etc/docker", "under the VM's own /etc"),
+        ("/etc/ssh", "under the VM's own /etc"),
+        ("/var/lib/docker", "under the VM's own /var/lib"),
+        ("/var/lib/containerd", "under the VM's own /var/lib"),
+        ("/var/run/docker", "under the VM's own /var/run"),
+        ("/run/pinnace", "under the VM's own /run"),
+        ("/proc/1", "under the VM's own /proc"),
+        ("/mnt/rw/upper", "under the VM's own /mnt/rw"),
+        ("/tmp", "the VM's own /tmp"),
+        ("/tmp/", "the VM's own /tmp"),
+        ("/home/../usr/local", "under the VM's own /usr"),  # judged where the guest mounts it
+        ("//etc", "the VM's own /etc"),
+    ],
+)
+def test_system_paths_named_in_the_reason(path: str, named: str) -> None:
+    problem = mounts.guest_path_problem(path)
+    assert problem is not None and named in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("path", "hidden"),
+    [("/", "/bin"), ("/var", "/var/lib"), ("/var/", "/var/lib"), ("/mnt", "/mnt/ro"), ("//", "/bin")],
+)
+def test_a_parent_of_a_system_path_is_refused(path: str, hidden: str) -> None:
+    assert mounts.guest_path_problem(path).startswith(f"would hide the VM's own {hidden} (")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/home/u/src", "/home", "/tmp/x", "/tmp/pytest-of-root/pytest-1/test0", "/Users/x", "/Users",
+     "/private/tmp", "/private/tmp/x", "/private/var/folders/xy/T", "/var/folders/xy/T", "/var/root",
+     "/var/tmp", "/var/www/site", "/root", "/root/src", "/mnt/data", "/mnt/c", "/srv", "/opt", "/opt/x",
+     "/media/usb", "/Volumes/External", "/usrx", "/etcetera", "/datastore", "/tmpfiles", "/mnt/rox",
+     "/libexec-stuff", "/devel/proj", "/runner/work"],
+)
+def test_usual_host_folders_are_allowed(path: str) -> None:
+    assert mounts.guest_path_problem(path) is None
+
+
+def test_only_absolute_posix_paths_are_judged() -> None:
+    assert mounts.guest_path_problem("usr/local") is None
+    assert mounts.guest_path_problem(r"C:\Users\me") is None
+
+
+@pytest.mark.parametrize(
+    ("share", "message"),
+    [
+        (Share("relative"), "shared folder 'relative' is not an absolute POSIX path"),
+        (Share("/"), "shared folder '/' would hide the VM's own /bin"),
+        (Share("/usr/local"), "shared folder '/usr/local' is under the VM's own /usr"),
+        (Share("/var/lib/docker"), "shared folder '/var/lib/docker' is under the VM's own /var/lib"),
+        (Share("/proc/1"), "shared folder '/proc/1' is under the VM's own /proc"),
+        (Share("/tmp"), "shared folder '/tmp' is the VM's own /tmp"),
+        (Share("/tab\there"), "contains a tab, newline or NUL"),
+    ],
+)
+def test_plan_refuses_unusable_entries(share: Share, message: str) -> None:
+    with pytest.raises(mounts.ShareError) as err:
+        mounts.plan([Share("/ok"), share], "linux", always_dir)
+    assert message in str(err.value) and "pinnace config set shares" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_plan_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    with pytest.raises(mounts.ShareError) as err:
+        mounts.plan([Share(str(tmp_path)), Share(str(missing))], "linux")
+    assert str(err.value) == (f"shared folder {missing} does not exist: create it or remove it with "
+                              f"`pinnace config set shares ...`")
+    assert isinstance(err.value, SettingsError)  # the CLI and the agent report it as one line
+
+
+def test_plan_refuses_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(mounts.ShareError, match=f"shared folder {file} is not a directory"):
+        mounts.plan([Share(str(file))], "darwin")
+
+
+def test_plan_with_injected_checks() -> None:
+    with pytest.raises(mounts.ShareError, match="/missing does not exist"):
+        mounts.plan([Share("/ok"), Share("/missing")], "linux", lambda p: p != "/missing", exists=lambda p: False)
+    with pytest.raises(mounts.ShareError, match="/missing is not a directory"):
+        mounts.plan([Share("/missing")], "linux", lambda p: False, exists=lambda p: True)
+
+
+def test_plan_allows_real_folders_under_tmp(tmp_path: Path) -> None:
+    # pytest's tmp_path is under /tmp here, like the integration tests' shared folders
+    assert [s.path for s in mounts.plan([Share(str(tmp_path))], "linux")] == [str(tmp_path)]
 
 
 def test_windows_has_no_shares(caplog) -> None:  # noqa: ANN001

@@ -75,10 +75,12 @@ def test_file_properties(tmp_path: Path) -> None:
     assert p.keys_dir == p.data_dir / "keys"
     assert p.control_socket == p.runtime_dir / "agent.sock"
     assert p.docker_socket == p.runtime_dir / "docker.sock"
-    assert p.qmp_socket.parent == p.runtime_dir
-    assert p.state_file == p.runtime_dir / "state.json"
+    # The VM's records survive a wiped runtime dir (a logout): they live with its data.
+    assert p.qmp_socket.parent == p.data_dir
+    assert p.state_file == p.data_dir / "state.json"
+    assert p.shares_record == p.data_dir / "shares.fwcfg"
     assert {p.qemu_pidfile.parent, p.agent_pidfile.parent, p.agent_lock.parent, p.ssh_port_file.parent} == {
-        p.runtime_dir
+        p.data_dir
     }
     assert p.serial_log == p.log_dir / "serial.log"
     assert p.agent_log == p.log_dir / "agent.log"
@@ -176,8 +178,9 @@ def test_named_pipes(tmp_path: Path) -> None:
     p = make(tmp_path, "dev")
     assert p.named_pipe("docker") == r"\\.\pipe\pinnace-dev"
     assert p.named_pipe("control") == r"\\.\pipe\pinnace-dev-control"
+    assert p.named_pipe("qmp") == r"\\.\pipe\pinnace-dev-qmp"  # QEMU's monitor on Windows
     with pytest.raises(ValueError):
-        p.named_pipe("qmp")
+        p.named_pipe("serial")
     assert npipe_url(p.named_pipe("docker")) == "npipe:////./pipe/pinnace-dev"
     with pytest.raises(ValueError):
         npipe_url(r"\\server\pipe\pinnace-dev")  # docker must never be pointed at a remote pipe

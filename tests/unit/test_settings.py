@@ -246,7 +246,7 @@ def test_file_without_share_transport_means_auto(tmp_path: Path) -> None:
 )
 def test_set_value_parses_cli_text(key: str, text: str, expected: object) -> None:
     original = ok_settings()
-    updated = set_value(original, key, text, HOST)
+    updated = set_value(original, key, text, HOST, is_dir=lambda _p: True)
     assert getattr(updated, key) == expected
     assert original.cpus == 2  # not mutated
 
@@ -286,9 +286,88 @@ def test_get_value(key: str, expected: str) -> None:
 def test_get_set_round_trip_for_every_key() -> None:
     s = ok_settings(shares=[Share("/x", True)], start_vm_with_app=True, share_transport="virtiofs")
     for key in ("cpus", "memory_mib", "disk_gib", "accel", "start_vm_with_app", "shares", "share_transport"):
-        assert set_value(s, key, get_value(s, key), HOST) == s
+        assert set_value(s, key, get_value(s, key), HOST, is_dir=lambda _p: True) == s
 
 
 def test_get_value_unknown_key() -> None:
     with pytest.raises(SettingsError, match="nope: unknown key"):
         get_value(ok_settings(), "nope")
+
+
+# --- shares the guest refuses, folders that do not exist -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/usr/local", "shares[0].path: '/usr/local' is under the VM's own /usr (its programs and libraries)"),
+        ("/etc/docker", "shares[0].path: '/etc/docker' is under the VM's own /etc"),
+        ("/var/lib/docker", "shares[0].path: '/var/lib/docker' is under the VM's own /var/lib"),
+        ("/data", "shares[0].path: '/data' is the VM's own /data"),
+        ("/tmp", "shares[0].path: '/tmp' is the VM's own /tmp"),
+        ("/", "shares[0].path: '/' would hide the VM's own /bin"),
+        ("/var", "shares[0].path: '/var' would hide the VM's own /var/lib"),
+    ],
+)
+def test_validate_refuses_guest_system_paths(path: str, message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        validate(ok_settings(shares=[Share(path)]), HOST)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["/home/u/src", "/tmp/x", "/Users/x", "/root", "/var/folders/xy/T", "/mnt/data"])
+def test_validate_accepts_usual_host_folders(path: str) -> None:
+    validate(ok_settings(shares=[Share(path)]), HOST)
+
+
+def test_set_value_refuses_a_guest_system_path() -> None:
+    with pytest.raises(SettingsError, match=r"shares\[1\]\.path: '/usr/local' is under the VM's own /usr"):
+        set_value(ok_settings(), "shares", "/home/me,/usr/local:ro", HOST, is_dir=lambda _p: True)
+
+
+def test_set_value_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(SettingsError) as err:
+        set_value(ok_settings(), "shares", f"{tmp_path},{missing}", HOST)
+    assert str(err.value) == f"shares[1].path: '{missing}' does not exist on this host; create it first"
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(SettingsError, match="is not a directory on this host"):
+        set_value(ok_settings(), "shares", str(file), HOST)
+    assert set_value(ok_settings(), "shares", f"{tmp_path}:ro", HOST).shares == [Share(str(tmp_path), True)]
+
+
+def test_only_setting_shares_checks_that_they_exist() -> None:
+    with_missing = ok_settings(shares=[Share("/nonexistent/pinnace-share")])
+    assert set_value(with_missing, "cpus", "3", HOST).cpus == 3
+    assert set_value(with_missing, "shares", "", HOST).shares == []
+
+
+def test_loading_a_hand_edited_guest_system_share_is_one_line_error(tmp_path: Path) -> None:
+    f = tmp_path / "settings.toml"
+    body = '[[shares]]\npath = "/home/me"\n\n[[shares]]\npath = "/usr/local"\n'
+    f.write_text(body)
+    with pytest.raises(SettingsError) as err:
+        load(f, HOST)
+    assert str(err.value) == (f"{f}: shares[1].path: '/usr/local' is under the VM's own /usr "
+                              f"(its programs and libraries); share another folder")
+    assert f.read_text() == body
+    assert load(f, HOST, validated=False).shares == [Share("/home/me"), Share("/usr/local")]
+
+
+def test_loading_a_share_that_does_not_exist_is_fine_until_start(tmp_path: Path) -> None:
+    f = tmp_path / "settings.toml"
+    f.write_text('[[shares]]\npath = "/nonexistent/pinnace-share"\n')
+    assert load(f, HOST).shares == [Share("/nonexistent/pinnace-share")]  # mounts.plan refuses it at start
+
+
+@pytest.mark.parametrize("home", ["/", "/var/lib/jenkins", "/usr/local/home", "/tmp"])
+def test_a_home_the_guest_refuses_is_not_shared_by_default(home: str) -> None:
+    assert Settings.defaults(HOST, home=home).shares == []
+
+
+@pytest.mark.parametrize("home", ["/root", "/home/me", "/Users/me", "/var/root"])
+def test_usual_homes_are_shared_by_default(home: str) -> None:
+    defaults = Settings.defaults(HOST, home=home)
+    assert defaults.shares == [Share(home)]
+    validate(defaults, HOST)

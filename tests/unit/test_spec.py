@@ -82,7 +82,8 @@ def test_argv_table(host_os: str, arch: str, accel: str, machine: str, accel_opt
     drives = values(argv, "-drive")
     assert drives[0] == "if=none,id=root,file=/img/root.img,format=raw,readonly=on"
     assert drives[1] == (
-        "if=none,id=data,file=/data/data.qcow2,format=qcow2,discard=unmap,detect-zeroes=unmap,cache=writeback"
+        "if=none,id=data,file=/data/data.qcow2,format=qcow2,discard=unmap,detect-zeroes=unmap,cache=writeback,"
+        "werror=enospc,rerror=report"
     )
 
 
@@ -98,6 +99,7 @@ def test_full_argv_devices_and_plumbing() -> None:
         "virtio-rng-pci",
         "virtio-balloon-pci,free-page-reporting=on",
     ]
+    assert one(argv, "-rtc") == "base=utc,clock=host"  # the guest's clock service follows it
     assert one(argv, "-fw_cfg") == "name=opt/pinnace/ssh_host_key,file=/keys/host_ed25519"
     assert one(argv, "-chardev") == "file,id=serial0,path=/logs/serial.log"
     assert one(argv, "-serial") == "chardev:serial0"

@@ -319,31 +319,32 @@ def test_instance_keys_on_windows(tmp_path: Path) -> None:
     assert keys.ensure_instance_keys(tmp_path / "keys", "dev").host_public == made.host_public
 
 
-def test_qmp_listens_on_a_unix_socket_or_windows_loopback(tmp_path: Path) -> None:
-    from hypervisor.spec import qmp_option
+def test_qmp_listens_on_a_unix_socket_or_a_windows_pipe_never_tcp(tmp_path: Path) -> None:
+    from hypervisor.monitor import NamedPipeAddress
+    from hypervisor.spec import qmp_argv, qmp_option
 
     assert qmp_option(tmp_path / "qmp.sock") == f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"
-    assert qmp_option(("127.0.0.1", 40123)) == "tcp:127.0.0.1:40123,server=on,wait=off"
-    with pytest.raises(ValueError, match="loopback"):
-        qmp_option(("0.0.0.0", 40123))
+    assert qmp_argv(tmp_path / "qmp.sock") == ["-qmp", f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
+    assert qmp_argv(NamedPipeAddress(pipe_name("dev", "qmp"))) == [
+        "-chardev", "pipe,id=qmp,path=pinnace-dev-qmp", "-mon", "chardev=qmp,mode=control"]
+    with pytest.raises(TypeError):
+        qmp_option(("127.0.0.1", 40123))  # type: ignore[arg-type]  # loopback TCP is gone for good
 
 
 def test_agent_qmp_address_per_os(tmp_path: Path, acls: list[tuple[str, bool]]) -> None:
     from hypervisor.agent.qemu_driver import QemuDriver
     from hypervisor.agent.status_board import StatusBoard
     from hypervisor.control import Status
-    from hypervisor.errors import MachineError
+    from hypervisor.monitor import NamedPipeAddress
 
     paths = Paths.for_instance("qmpt", {"PINNACE_HOME": str(tmp_path)})
     paths.ensure_dirs()
     board = StatusBoard(Status(instance="qmpt"), paths.state_file)
     linux = QemuDriver(paths, board, hplatform.for_os("linux"))
-    assert linux.qmp_address(fresh=True) == paths.qmp_socket
+    assert linux.qmp_address(fresh=True) == linux.qmp_address(fresh=False) == paths.qmp_socket
     windows = QemuDriver(paths, board, WindowsPlatform(set_acl=lambda p, i=False: acls.append((p, i))))
-    with pytest.raises(MachineError, match="no QMP port"):
-        windows.qmp_address(fresh=False)
-    host, port = windows.qmp_address(fresh=True)
-    assert host == "127.0.0.1" and 0 < port < 65536
-    assert windows.qmp_address(fresh=False) == ("127.0.0.1", port)  # re-adoption reads it back
-    assert (paths.qmp_port_file.stat().st_mode & 0o777) == 0o600
-    assert acls and all(not inherit for _, inherit in acls)  # the port file: owner-only
+    # QEMU creates the pipe, so QEMU's argv names no server; connecting names the QEMU we expect.
+    assert windows.qmp_address(fresh=True) == NamedPipeAddress(r"\\.\pipe\pinnace-qmpt-qmp")
+    windows.pid = 4242
+    assert windows.qmp_address(fresh=False) == NamedPipeAddress(r"\\.\pipe\pinnace-qmpt-qmp", server_pid=4242)
+    assert not list(paths.data_dir.glob("qmp.port")) and not list(paths.runtime_dir.glob("qmp.port"))
