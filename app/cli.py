@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     img = sub.add_parser("image", help="build or describe the guest image")
     image_cli.add_arguments(img)
     sub.add_parser("tray", help="start the tray app")
+    dg = sub.add_parser("diagnose", help="check QEMU, the image, the disk and the VM; each row names its fix",
+                        description="Checks the host, the image and the VM (exit 0 when none fails). "
+                                    "--bundle writes a support archive with logs and results, secrets removed "
+                                    "(exit 0 when it was written).")
+    dg_out = dg.add_mutually_exclusive_group()
+    dg_out.add_argument("--json", action="store_true", help="the results as JSON")
+    dg_out.add_argument("--bundle", nargs="?", const="", default=None, metavar="FILE",
+                        help="write a support bundle (.tar.gz; default ./pinnace-diagnose-<instance>-<time>.tar.gz)")
     return p
 
 
@@ -135,6 +143,8 @@ def describe(status: Status) -> str:
         lines.append(f"engine     Docker {status.engine_version}")
     if status.clock_offset_s is not None and status.state in ("running", "paused"):
         lines.append(f"clock      guest {status.clock_offset_s:+.3f} s from the host")
+    if status.host_ssh_agent and status.state in ("running", "paused"):
+        lines.append(f"ssh-agent  {status.host_ssh_agent}")
     if status.clock_warning:
         lines.append(f"warning    {status.clock_warning}")
     if status.docker_socket:
@@ -380,6 +390,30 @@ def cmd_ssh(paths: Paths, args: argparse.Namespace) -> int:
     return subprocess.call(argv)
 
 
+def cmd_diagnose(paths: Paths, args: argparse.Namespace) -> int:
+    from hypervisor import diagnose
+    from hypervisor.diagnose import report
+
+    if args.bundle is not None:
+        try:
+            written = diagnose.write_bundle(paths, Path(args.bundle) if args.bundle else None,
+                                            on_progress=lambda line: print(f"  {line}", flush=True))
+        except OSError as exc:
+            print(f"pinnace: cannot write the bundle: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"support bundle written: {written}")
+        return 0
+    if args.json:
+        results = diagnose.run_checks(paths)
+        print(report.to_json(results, paths.instance))
+        return diagnose.exit_code(results)
+    print(f"Diagnosing instance '{paths.instance}'", flush=True)
+    print(report.header(), flush=True)
+    results = diagnose.run_checks(paths, on_result=lambda result: print(report.row(result), flush=True))
+    print(f"\n{report.summary(results)}")
+    return diagnose.exit_code(results)
+
+
 def cmd_tray(paths: Paths, _args: argparse.Namespace) -> int:
     from app.tray_main import main as tray_main
 
@@ -389,7 +423,7 @@ def cmd_tray(paths: Paths, _args: argparse.Namespace) -> int:
 COMMANDS = {
     "start": cmd_start, "stop": cmd_stop, "pause": cmd_pause, "restart": cmd_restart, "status": cmd_status,
     "reset": cmd_reset, "logs": cmd_logs, "config": cmd_config, "env": cmd_env, "ssh": cmd_ssh,
-    "tray": cmd_tray,
+    "tray": cmd_tray, "diagnose": cmd_diagnose,
 }
 
 

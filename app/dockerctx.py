@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+from app import shell_env
+
 log = logging.getLogger(__name__)
 
 CONTEXT = "pinnace"
@@ -45,8 +47,5 @@ def default_shell(platform: str | None = None) -> str:
 
 
 def env_lines(host: str, shell: str) -> list[str]:
-    if shell == "powershell":
-        return [f'$Env:DOCKER_HOST = "{host}"']
-    if shell == "fish":
-        return [f"set -gx DOCKER_HOST {host}"]
-    return [f"export DOCKER_HOST={host}"]
+    """The DOCKER_HOST line for `shell`, quoted as that shell needs (macOS paths hold spaces)."""
+    return shell_env.env_lines({"DOCKER_HOST": host}, shell)

@@ -57,6 +57,8 @@ class Status:
     # the guest clock's offset from the host's (s, + = ahead) when last measured; why it could not be set
     clock_offset_s: float | None = None
     clock_warning: str = ""
+    # the host's ssh-agent in the guest: "forwarded to /run/host-services/ssh-auth.sock", or why not
+    host_ssh_agent: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

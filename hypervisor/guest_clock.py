@@ -29,6 +29,11 @@ from dataclasses import dataclass
 # Runs in the guest's login shell (busybox sh): the guest's wall clock, seconds.microseconds.
 GUEST_TIME_COMMAND = 'echo "$EPOCHREALTIME"'
 
+# The guest's RTC (seconds, host-driven) and how far past a set's target second it may read before
+# the set is stale (1 s resolution, and x86's CMOS RTC lags the host by up to a second).
+GUEST_RTC = "/sys/class/rtc/rtc0/since_epoch"
+STALE_AFTER_S = 2
+
 # QMP events after which the guest's clock is behind the host's: the VM ran again after a stop.
 RESUME_EVENTS = frozenset({"RESUME"})
 
@@ -109,7 +114,11 @@ def set_clock_command(now: float, latency: float = 0.0) -> ClockSet:
     arrives = now + latency
     target = math.floor(arrives) + 1
     delay = target - arrives
-    command = f'sleep {delay:.6f}; date -u -s @{target} >/dev/null; echo "$EPOCHREALTIME"'
+    # A command delivered late (the VM paused between sending and running it: its clocks stood
+    # still, so it cannot tell) would set an old time: the RTC, which follows the host through a
+    # pause, says so, and the command gives up (exit 4) instead.
+    stale = f'r=$(cat {GUEST_RTC} 2>/dev/null); [ -n "$r" ] && [ "$r" -gt {target + STALE_AFTER_S} ] && exit 4; '
+    command = f'sleep {delay:.6f}; {stale}date -u -s @{target} >/dev/null; echo "$EPOCHREALTIME"'
     return ClockSet(command=command, target=target, delay=delay)
 
 

@@ -22,8 +22,9 @@ CLIENT_KEY_NAME = "id_ed25519"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 
 # restrict: no agent/X11/port forwarding, no pty, no ~/.ssh/rc. Then re-enable exactly what we use:
-# port-forwarding (covers direct-streamlocal, i.e. the engine socket) and pty (`pinnace ssh`).
-AUTHORIZED_KEY_OPTIONS = "restrict,port-forwarding,pty"
+# port-forwarding (covers direct-streamlocal, i.e. the engine socket), pty (`pinnace ssh`) and
+# agent-forwarding (the host's ssh-agent at /run/host-services/ssh-auth.sock).
+AUTHORIZED_KEY_OPTIONS = "restrict,port-forwarding,pty,agent-forwarding"
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,34 @@ class GuestSSH:
         transport = self._transport
         return transport is not None and transport.is_active()
 
+    def probe(self, timeout: float = 10.0) -> bool:
+        """Ask sshd for a reply (an OpenSSH keepalive global request) and wait up to `timeout`.
+
+        paramiko's own keepalives expect no reply, so a transport whose peer is gone (a guest
+        that was stopped for minutes, a network path that vanished) looks alive until the next
+        channel open hangs. No reply in time: the transport is dropped, so in-flight connections
+        end with an error instead of hanging, and the next channel reconnects. True if answered
+        (a refusal counts: sshd answered) or if there is no transport to probe.
+        """
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            return True
+        answered = threading.Event()
+
+        def ask() -> None:
+            try:
+                transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception:  # noqa: BLE001 - paramiko's errors vary; a dead transport is what we report
+                pass
+            answered.set()
+
+        threading.Thread(target=ask, name="ssh-probe", daemon=True).start()
+        if answered.wait(timeout) and transport.is_active():
+            return True
+        log.warning("guest sshd did not answer a keepalive in %.0f s: dropping the SSH transport", timeout)
+        self._drop(transport)
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._transport is not None:
@@ -305,3 +333,51 @@ class GuestSSH:
             if self._transport is transport:
                 self._transport = None
         transport.close()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_command(ssh: GuestSSH, command: str, timeout: float = 30.0, limit: int = 4 << 20) -> CommandResult:
+    """`command` in the guest (exec, no pty) with its exit status and output, all within `timeout`
+    (SSHError past it); stdout keeps its last `limit` bytes (the end of a log is what matters)."""
+    deadline = time.monotonic() + timeout
+    try:
+        transport = ssh.ensure_connected(min(timeout, 10.0))
+        chan = transport.open_session(timeout=max(1.0, deadline - time.monotonic()))
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise SSHError("cannot open an exec session in the guest", e) from e
+    stdout, stderr = bytearray(), bytearray()
+    try:
+        chan.settimeout(0.2)
+        chan.exec_command(command)
+        chan.shutdown_write()
+        while True:
+            while chan.recv_stderr_ready():
+                stderr += chan.recv_stderr(65536)
+            try:
+                data = chan.recv(65536)
+            except TimeoutError:
+                data = None
+            if data == b"":
+                break
+            if data:
+                stdout += data
+                if len(stdout) > limit:
+                    del stdout[:-limit]
+            if time.monotonic() > deadline:
+                raise SSHError(f"no end of `{command.split()[0]}` in the guest within {timeout:g} s")
+        while chan.recv_stderr_ready():
+            stderr += chan.recv_stderr(65536)
+        if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+            raise SSHError(f"no exit status of `{command.split()[0]}` in the guest within {timeout:g} s")
+        return CommandResult(chan.exit_status, bytes(stdout), bytes(stderr[-65536:]))
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise SSHError(f"`{command.split()[0]}` failed in the guest", e) from e
+    finally:
+        chan.close()
+

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   python3-venv python3-dev debian-archive-keyring
   openssh-server                                   # tests: a host sshd for the forwarder tests
   libsqlite3-dev                                   # tests: a static sqlite for the WAL-on-a-share test
+  dnsmasq-base                                     # tests: a DNS server on the host's loopback (no service)
   xvfb trayer imagemagick libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
   libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libegl1 libgl1 libfontconfig1
   libdbus-1-3                                      # the tray app (and its screenshot tests)

@@ -12,7 +12,8 @@ from pathlib import Path
 from vmimage import locations
 
 APPLETS = ("sh", "echo", "cat", "ls", "sleep", "uname", "httpd", "nc", "wc", "head", "seq", "dd",
-           "sha256sum", "touch", "mkdir", "rm", "stat", "id", "true", "false", "env", "date", "printf")
+           "sha256sum", "touch", "mkdir", "rm", "stat", "id", "true", "false", "env", "date", "printf",
+           "wget", "nslookup")
 
 
 def busybox_deb(arch: str = "amd64") -> Path:

@@ -35,4 +35,4 @@ class RootfsError(ImageError):
 
 
 class ManifestError(ImageError):
-    """The manifest is missing or unreadable."""
+    """The manifest is missing, unreadable or corrupt."""

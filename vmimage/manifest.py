@@ -65,16 +65,44 @@ def save(directory: Path, manifest: Manifest) -> Path:
     return path
 
 
+BOOT_ARTIFACTS = ("kernel", "initrd", "rootfs")
+
+
+def _artifact(kind: str, raw: object) -> Artifact:
+    if not isinstance(raw, dict):
+        raise TypeError(f"artifact {kind!r} is not an object")
+    art = Artifact(**raw)
+    if not isinstance(art.file, str) or art.file in ("", ".", "..") or "/" in art.file or "\\" in art.file:
+        raise ValueError(f"artifact {kind!r}: bad file name {art.file!r}")
+    if not isinstance(art.sha256, str) or len(art.sha256) != 64:
+        raise ValueError(f"artifact {kind!r}: bad sha256")
+    if not isinstance(art.size, int) or isinstance(art.size, bool) or art.size < 0:
+        raise ValueError(f"artifact {kind!r}: bad size")
+    return art
+
+
 def load(directory: Path) -> Manifest:
+    """The manifest in `directory`: ManifestError "no image" when it is missing, "corrupt
+    manifest" (naming the file) when it does not parse or lacks what a boot needs."""
     path = directory / MANIFEST
     try:
         raw = json.loads(path.read_text())
-        artifacts = {k: Artifact(**v) for k, v in raw.pop("artifacts").items()}
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        listed = raw.pop("artifacts")
+        if not isinstance(listed, dict):
+            raise TypeError("artifacts is not an object")
+        artifacts = {k: _artifact(k, v) for k, v in listed.items()}
+        missing = [k for k in BOOT_ARTIFACTS if k not in artifacts]
+        if missing:
+            raise KeyError(f"no {missing[0]} artifact")
         return Manifest(artifacts=artifacts, **raw)
     except FileNotFoundError as exc:
         raise ManifestError(f"no image at {directory} (run `pinnace image build`)") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest", exc) from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ManifestError(f"{path}: corrupt manifest", exc) from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest", exc) from exc
 
 
 def verify(directory: Path, manifest: Manifest) -> None:

@@ -22,6 +22,7 @@ class Action(enum.Enum):
     COPY_CONTEXT = "copy-context"
     COPY_DOCKER_HOST = "Copy DOCKER_HOST"
     OPEN_LOGS = "Open logs folder"
+    TROUBLESHOOT = "Troubleshoot…"
     QUIT = "Quit Pinnace"
 
 
@@ -82,6 +83,8 @@ def build_menu(status: Status | None, instance: str = "default", busy: bool = Fa
         MenuEntry(f"Copy `{context_command(instance)}`", Action.COPY_CONTEXT),
         MenuEntry(Action.COPY_DOCKER_HOST.value, Action.COPY_DOCKER_HOST),
         MenuEntry(Action.OPEN_LOGS.value, Action.OPEN_LOGS),
+        # in every state, busy or not: diagnosing is most needed when nothing else works
+        MenuEntry(Action.TROUBLESHOOT.value, Action.TROUBLESHOOT),
         SEPARATOR,
         MenuEntry(Action.QUIT.value, Action.QUIT),
     ]

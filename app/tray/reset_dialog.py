@@ -1,15 +1,19 @@
 """Reset VM…: confirm with exactly what is deleted, then show progress until the engine is back.
 
 What a reset deletes (operations.reset_preview, as `pinnace reset` shows it) is read off the GUI
-thread; the dialog opens at once with a placeholder.
+thread; the dialog opens at once with a placeholder. "Save a support bundle first" writes one
+(hypervisor.diagnose.write_bundle, on the pool) before the reset starts; if that fails, the VM is
+not reset until the user confirms again.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QLabel,
@@ -24,6 +28,8 @@ from app.tray.controller import InstanceController
 from app.tray.reset_summary import summary_text
 from app.tray.status_text import status_line
 from app.tray.tasks import run_task
+from app.tray.troubleshoot import BundleSaver
+from app.tray.troubleshoot_model import COLOURS, WriteBundle, bundle_saved_text
 from hypervisor import operations
 from hypervisor.control import Status
 from hypervisor.engine import EngineUsage
@@ -39,8 +45,17 @@ def progress_text(status: Status | None) -> str:
     return status_line(status)
 
 
+BUNDLE_FAILED_SUFFIX = "The VM was not reset: press Reset VM again to reset without a bundle."
+RESET_TEXT = "Reset VM"
+
+
 class ResetDialog(QDialog):
-    def __init__(self, controller: InstanceController, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        controller: InstanceController,
+        parent: QWidget | None = None,
+        write_bundle: WriteBundle | None = None,
+    ) -> None:
         super().__init__(parent)
         self.controller = controller
         self.setWindowTitle("Reset Pinnace VM")
@@ -56,7 +71,19 @@ class ResetDialog(QDialog):
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.summary_label.setWordWrap(True)
         self.buttons = QDialogButtonBox()
-        self.reset_button = QPushButton("Reset VM")
+        self.bundle_box = QCheckBox("Save a support bundle first")
+        self.bundle_box.setToolTip("Logs, settings and diagnostic checks in one archive, for a bug report")
+        self.bundle_status = QLabel()
+        self.bundle_status.setWordWrap(True)
+        self.bundle_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.bundle_status.hide()
+        self.saver = BundleSaver(controller.paths, write_bundle, self)
+        self.saver.progress.connect(self._show_bundle_progress)
+        self.saver.saved.connect(self._on_bundle_saved)
+        self.saver.failed.connect(self._on_bundle_failed)
+        self.bundle_path: Path | None = None
+        self._reset_after_save = False
+        self.reset_button = QPushButton(RESET_TEXT)
         self.buttons.addButton(self.reset_button, QDialogButtonBox.ButtonRole.DestructiveRole)
         cancel = self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
         self.reset_button.setAutoDefault(False)
@@ -66,6 +93,8 @@ class ResetDialog(QDialog):
         for w in (title, self.summary_label):
             c_layout.addWidget(w)
         c_layout.addStretch(1)
+        c_layout.addWidget(self.bundle_box)
+        c_layout.addWidget(self.bundle_status)
         c_layout.addWidget(self.buttons)
         self.pages.addWidget(confirm)
 
@@ -75,10 +104,15 @@ class ResetDialog(QDialog):
         self.progress_label.setWordWrap(True)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 0)
+        self.progress_bundle_label = QLabel()
+        self.progress_bundle_label.setWordWrap(True)
+        self.progress_bundle_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.progress_bundle_label.hide()
         self.close_button = QPushButton("Close")
         self.close_button.setEnabled(False)
         self.close_button.clicked.connect(self.accept)
-        for w in (QLabel("<b>Resetting the VM</b>"), self.progress_label, self.progress_bar):
+        for w in (QLabel("<b>Resetting the VM</b>"), self.progress_label, self.progress_bar,
+                  self.progress_bundle_label):
             p_layout.addWidget(w)
         p_layout.addStretch(1)
         p_layout.addWidget(self.close_button, alignment=Qt.AlignmentFlag.AlignRight)
@@ -99,6 +133,52 @@ class ResetDialog(QDialog):
         self._show_preview(None)
 
     def confirm(self) -> None:
+        """Reset VM pressed: with the box ticked, ask where and save the bundle first."""
+        if self.saver.running:
+            return
+        if not self.bundle_box.isChecked():
+            self.start_reset()
+            return
+        dest = self.saver.ask_dest(self)
+        if dest is not None:
+            self.save_then_reset(dest)
+
+    def save_then_reset(self, dest: Path | None) -> None:
+        self._reset_after_save = True
+        self.reset_button.setEnabled(False)
+        self.bundle_box.setEnabled(False)
+        self.saver.start(dest)
+
+    def _show_bundle_progress(self, line: str, error: bool = False) -> None:
+        self.bundle_status.setText(line)
+        self.bundle_status.setStyleSheet(f"color: {COLOURS['fail']};" if error else "")
+        self.bundle_status.show()
+
+    def _on_bundle_saved(self, path: Path) -> None:
+        self.bundle_path = path
+        self._show_bundle_progress(bundle_saved_text(path))
+        self.progress_bundle_label.setText(bundle_saved_text(path))
+        self.progress_bundle_label.show()
+        self.bundle_box.setChecked(False)
+        self.bundle_box.setEnabled(True)
+        self.reset_button.setEnabled(True)
+        if self._reset_after_save:  # not when the dialog was cancelled meanwhile
+            self._reset_after_save = False
+            self.start_reset()
+
+    def _on_bundle_failed(self, line: str) -> None:
+        """No reset: the user sees why and decides again (untick to reset without, or retry)."""
+        self._reset_after_save = False
+        self._show_bundle_progress(f"{line}\n{BUNDLE_FAILED_SUFFIX}", error=True)
+        self.bundle_box.setChecked(False)
+        self.bundle_box.setEnabled(True)
+        self.reset_button.setEnabled(True)
+
+    def reject(self) -> None:
+        self._reset_after_save = False
+        super().reject()
+
+    def start_reset(self) -> None:
         self.pages.setCurrentIndex(1)
         self.controller.status_changed.connect(self._on_status)
         self.controller.operation_done.connect(self._on_done)

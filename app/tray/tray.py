@@ -24,6 +24,7 @@ from app.tray.quit_dialog import QuitDialog
 from app.tray.reset_dialog import ResetDialog
 from app.tray.settings_dialog import SettingsDialog
 from app.tray.status_text import context_command, docker_host, tooltip
+from app.tray.troubleshoot import TroubleshootDialog
 from hypervisor import launcher, operations
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
@@ -59,6 +60,7 @@ class TrayApp(QObject):
         self.dashboard: Dashboard | None = None
         self.settings_dialog: SettingsDialog | None = None
         self.reset_dialog: ResetDialog | None = None
+        self.troubleshoot_dialog: TroubleshootDialog | None = None
         self.quitting = False
 
         self.menu = QMenu()
@@ -89,6 +91,7 @@ class TrayApp(QObject):
             Action.COPY_CONTEXT: lambda: self._copy(context_command(paths.instance)),
             Action.COPY_DOCKER_HOST: lambda: self._copy(docker_host(self.docker_socket, self.host_os)),
             Action.OPEN_LOGS: self.open_logs,
+            Action.TROUBLESHOOT: self.open_troubleshoot,
             Action.QUIT: self.quit,
         }
         self.rebuild_menu()
@@ -219,6 +222,18 @@ class TrayApp(QObject):
         self.reset_dialog.raise_()
         return self.reset_dialog
 
+    def open_troubleshoot(self) -> TroubleshootDialog:
+        """One window, reused: raised if open; shown again (with a fresh run of the checks) if closed."""
+        dialog = self.troubleshoot_dialog
+        if dialog is None:
+            dialog = self.troubleshoot_dialog = TroubleshootDialog(self.paths)
+        if not dialog.isVisible():
+            dialog.run_checks()  # no-op while a run or a bundle from the last opening is still going
+            dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
     def _current_disk_gib(self, settings: Settings) -> int | None:
         if self.status is not None and self.status.disk_gib:
             return self.status.disk_gib
@@ -298,10 +313,10 @@ class TrayApp(QObject):
         self._anim.stop()
         self.icon.hide()
         self.icon.setContextMenu(None)
-        for window in (self.dashboard, self.settings_dialog, self.reset_dialog):
+        for window in (self.dashboard, self.settings_dialog, self.reset_dialog, self.troubleshoot_dialog):
             if window is not None:
                 window.close()
                 window.deleteLater()
-        self.dashboard = self.settings_dialog = self.reset_dialog = None
+        self.dashboard = self.settings_dialog = self.reset_dialog = self.troubleshoot_dialog = None
         self.menu.deleteLater()
         self.icon.deleteLater()

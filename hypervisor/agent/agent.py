@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-import signal
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -69,10 +69,12 @@ class Agent:
         self.driver = driver or QemuDriver(paths, self.board, self.platform)
         self.link = link or EngineLink(paths, self.board, self.platform)
         self.control = ControlServer(self.board, self.operate)
-        self.clock = ClockKeeper(self.link.open_guest_command, self.board)
+        self.clock = ClockKeeper(self.link.open_guest_command, self.board,
+                                 paused=lambda: self.board.state is State.PAUSED)
         self._pause_requested = False
         self.ops = asyncio.Lock()
         self.finished = asyncio.Event()
+        self.stopped = threading.Event()  # set as the agent ends: a host waiting on it may go on
         self.boot_task: asyncio.Task[None] | None = None
         self._vm_tasks: set[asyncio.Task[Any]] = set()  # watchers of the current VM, ended with it
         self._stop_requested: asyncio.Task[None] | None = None
@@ -168,7 +170,8 @@ class Agent:
         """-> starting -> running, or error with the failing step named (and QEMU ended)."""
         self._io_error = None
         self.board.to(State.STARTING, reason)
-        self.board.update(engine_version="", started_at=time.time(), ready_at=None)
+        self.board.update(engine_version="", started_at=time.time(), ready_at=None, clock_offset_s=None,
+                          clock_warning="")
         try:
             machine = await self.driver.boot()
             await self._bring_up(machine, booting=True)
@@ -218,6 +221,7 @@ class Agent:
         self.board.stage("ready")
         self.board.to(State.RUNNING, "engine ready")
         self._watch(self.clock.follow(), "clock")
+        self._watch(self.link.keep_alive(), "ssh-keepalive")
 
     def _watch(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -358,8 +362,9 @@ class Agent:
     # --- main ------------------------------------------------------------------------------
 
     def _stop_on_signals(self) -> None:
-        """SIGTERM, SIGHUP, SIGINT (a logout, a shutdown, Ctrl-C): the guest powers off cleanly
-        instead of QEMU dying with the agent's session."""
+        """SIGTERM, SIGHUP, SIGINT (a logout, a shutdown, Ctrl-C; on Windows the console's close,
+        logoff and shutdown events): the guest powers off cleanly instead of QEMU dying with the
+        agent's session."""
         loop = asyncio.get_running_loop()
 
         def stop(name: str) -> None:
@@ -367,11 +372,8 @@ class Agent:
             if self._stop_requested is None:
                 self._stop_requested = loop.create_task(self._stop_quietly(), name="signal-stop")
 
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop, sig.name)
-            except (NotImplementedError, RuntimeError, ValueError):  # no POSIX signals (Windows)
-                return
+        if not self.platform.on_session_end(loop, stop, self.stopped):
+            log.warning("the end of the session cannot be followed here: a logout may leave the VM running")
 
     async def _stop_quietly(self) -> None:
         try:
@@ -418,6 +420,7 @@ class Agent:
             async with self.ops:
                 pass
         finally:
+            self.stopped.set()
             keeper.cancel()
             self.board.close()
             await self.control.finish_answers()

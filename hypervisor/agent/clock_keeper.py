@@ -53,8 +53,9 @@ def run_guest_command(open_command: OpenCommand, command: str, timeout: float = 
 
 
 class ClockKeeper:
-    def __init__(self, open_command: OpenCommand, board: StatusBoard) -> None:
-        self.open_command, self.board = open_command, board
+    def __init__(self, open_command: OpenCommand, board: StatusBoard,
+                 paused: Callable[[], bool] = lambda: False) -> None:
+        self.open_command, self.board, self.paused = open_command, board, paused
         self.detector = WakeDetector(interval=SAMPLE_S)
         self._lock = asyncio.Lock()
 
@@ -79,6 +80,8 @@ class ClockKeeper:
     async def sync(self, why: str, force: bool = True) -> None:
         """Measure, and set the guest clock when `force` or when it is off; publish the offset."""
         async with self._lock:
+            if self.paused():  # a paused guest answers nothing; its resume brings a sync of its own
+                return
             loop = asyncio.get_running_loop()
             try:
                 if force:
@@ -101,6 +104,7 @@ class ClockKeeper:
         await self.sync("after boot")
         since_check = 0.0
         while True:
+            self.detector.last = ClockSample.now()  # only the sleep is judged, not our own syncs
             await asyncio.sleep(SAMPLE_S)
             event = self.detector.observe(ClockSample.now())
             since_check += SAMPLE_S

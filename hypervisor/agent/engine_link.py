@@ -18,6 +18,7 @@ from typing import Any
 
 from hypervisor import engine, mounts
 from hypervisor.agent.file_events import FileEventRelay
+from hypervisor.agent.host_ssh_agent import HostAgentForward, host_agent_socket
 from hypervisor.agent.qemu_driver import Machine
 from hypervisor.agent.recovery import paused_engine_message
 from hypervisor.agent.status_board import StatusBoard
@@ -35,6 +36,7 @@ ENGINE_SOCKET = "/var/run/docker.sock"
 ENGINE_RECONNECT_GRACE_S = 20.0  # how long a new channel waits out an sshd restart in the guest
 ENGINE_CALL_TIMEOUT_S = 10.0  # one readiness request; a paused guest must not hold a thread forever
 CLOSE_STEP_TIMEOUT_S = 5.0
+KEEPALIVE_S = 7.5  # asked every 7.5 s, answered within 7.5 s: a dead transport is found within 15 s
 
 
 class EngineLink:
@@ -46,6 +48,7 @@ class EngineLink:
         self.file_events: FileEventRelay | None = None
         self.paused: str | None = None  # why the VM is paused: new engine connections are refused
         self._retired: list[Any] = []  # forwarders whose socket file was removed (keep_endpoint)
+        self.host_agent: HostAgentForward | None = None
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -65,6 +68,28 @@ class EngineLink:
         await loop.run_in_executor(None, self.forwarder.start)
         self.board.update(docker_socket=str(endpoint))
         self._start_ports(hmp, ssh_port)
+        self._forward_host_agent()
+
+    def _forward_host_agent(self) -> None:
+        socket_path, why_not = host_agent_socket()
+        ssh = self.ssh
+        if socket_path is None or ssh is None:
+            self.board.update(host_ssh_agent=f"not forwarded: {why_not}" if why_not else "")
+            return
+        self.host_agent = HostAgentForward(ssh.ensure_connected,
+                                           on_change=lambda text: self.board.update(host_ssh_agent=text))
+        self.host_agent.start()
+
+    async def keep_alive(self) -> None:
+        """For the VM's life: a keepalive that must be answered every KEEPALIVE_S, so a dead
+        transport is found within ~2 × KEEPALIVE_S and replaced on the next request (not while
+        QEMU has the VM paused: it cannot answer, and its connections must survive the pause)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            ssh = self.ssh
+            if ssh is not None and self.paused is None:
+                await loop.run_in_executor(None, ssh.probe, KEEPALIVE_S)
 
     def set_paused(self, reason: str | None, drop_connections: bool = False) -> None:
         """While paused, docker clients get `reason` at once instead of a connection that hangs;
@@ -162,6 +187,9 @@ class EngineLink:
         ports, self.ports = self.ports, None
         if ports is not None:
             await self._bounded("stopping published ports", ports.stop())
+        host_agent, self.host_agent = self.host_agent, None
+        if host_agent is not None:
+            host_agent.close()
         file_events, self.file_events = self.file_events, None
         if file_events is not None:
             await self._bounded("stopping file events", loop.run_in_executor(None, file_events.close))
@@ -173,7 +201,7 @@ class EngineLink:
         if ssh is not None:
             await self._bounded("closing SSH", loop.run_in_executor(None, ssh.close))
         self.paused = None
-        self.board.update(port_forwards=[], docker_socket="")
+        self.board.update(port_forwards=[], docker_socket="", host_ssh_agent="")
 
     @staticmethod
     async def _bounded(what: str, step: Any) -> None:

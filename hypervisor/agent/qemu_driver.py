@@ -56,6 +56,29 @@ def free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def _exit_event(pid: int) -> bool:
+    """Wait for `pid` to exit without waking up in between (Linux pidfd: readable at its exit);
+    False where the host has none, and the caller polls instead. An idle agent costs no CPU."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return False
+    try:
+        fd = opener(pid)
+    except ProcessLookupError:
+        return True  # already gone
+    except OSError:
+        return False
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return True
+
+
 @dataclass(frozen=True)
 class Machine:
     """What the engine link needs of a running VM: where its sshd answers and the pinned keys."""
@@ -297,7 +320,11 @@ class QemuDriver:
     async def wait_exit(self) -> str:
         """Returns why QEMU exited, once it has (a stop's own exit included: see expect_exit)."""
         pid, proc = self.pid, self.proc
-        while self.platform.alive(pid):
+        if pid and await _exit_event(pid):
+            if proc is not None:
+                proc.poll()  # reap our child, so its exit code explains the exit
+            return self.exit_reason()
+        while self.platform.alive(pid):  # no pidfd (macOS, Windows, old Linux): poll
             if proc is not None and proc.poll() is not None:
                 break
             await asyncio.sleep(0.25)

@@ -7,10 +7,13 @@ look at `sys.platform` themselves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -121,6 +124,22 @@ class Platform(ABC):
 
     _command_line_encoding: ClassVar[str | None] = None
     _command_line_timeout: ClassVar[float] = 5.0
+
+    def on_session_end(self, loop: asyncio.AbstractEventLoop, stop: Callable[[str], None],
+                       stopped: threading.Event) -> bool:
+        """Have `stop(name)` called on the loop when the user's session ends (a logout, a
+        shutdown, Ctrl-C); `stopped` is set once the VM is down, for hosts that wait for it.
+        POSIX: SIGTERM, SIGHUP, SIGINT. False where nothing could be hooked."""
+        hooked = False
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT):
+            if sig is None:
+                continue
+            try:
+                loop.add_signal_handler(sig, stop, sig.name)
+                hooked = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                return hooked
+        return hooked
 
     @abstractmethod
     def try_lock(self, handle: Any) -> bool:

@@ -284,6 +284,51 @@ def set_owner_only_acl(path: str, inherit: bool = False) -> None:
 # --- the strategy ------------------------------------------------------------------------------
 
 
+# --- the end of the session: console control events ------------------------------------------
+
+# What SetConsoleCtrlHandler delivers to a console program (the agent runs in a hidden console):
+# Ctrl-C/Break, the console closed, the user logging off, the machine shutting down.
+CONSOLE_EVENTS = {0: "CTRL_C_EVENT", 1: "CTRL_BREAK_EVENT", 2: "CTRL_CLOSE_EVENT",
+                  5: "CTRL_LOGOFF_EVENT", 6: "CTRL_SHUTDOWN_EVENT"}
+# Windows ends the process once the handler returns, and anyway after its own timeout (5 s for a
+# closed console, ~20 s at logoff and shutdown): wait for the clean stop up to this long.
+CONSOLE_STOP_GRACE_S = 18.0
+
+
+def console_handler(stop: Callable[[str], None], stopped: Any, grace: float = CONSOLE_STOP_GRACE_S
+                    ) -> Callable[[int], bool]:
+    """The HandlerRoutine: start the clean stop, hold the process until the VM is down (or
+    `grace` passes), then say the event was handled. Unknown events go to the next handler."""
+
+    def handle(event: int) -> bool:
+        name = CONSOLE_EVENTS.get(event)
+        if name is None:
+            return False
+        log.info("%s: stopping the VM cleanly", name)
+        stop(name)
+        stopped.wait(grace)
+        return True
+
+    return handle
+
+
+def install_console_handler(handler: Callable[[int], bool]) -> Any:
+    """Register `handler` with kernel32 (Windows only); returns the ctypes callback, which must
+    stay referenced for as long as it is registered."""
+    import ctypes
+    from ctypes import wintypes
+
+    routine = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(  # type: ignore[attr-defined]
+        lambda event: bool(handler(int(event))))
+    if not ctypes.windll.kernel32.SetConsoleCtrlHandler(routine, True):  # type: ignore[attr-defined]
+        raise OSError(ctypes.get_last_error(), "SetConsoleCtrlHandler failed")  # type: ignore[attr-defined]
+    _REGISTERED.append(routine)
+    return routine
+
+
+_REGISTERED: list[Any] = []  # ctypes callbacks kernel32 holds: they must outlive the registration
+
+
 @dataclass(frozen=True)
 class WindowsPlatform(Platform):
     """kernel32, named pipes and ACLs; `process_api` and `set_acl` are what tests replace."""
@@ -299,6 +344,17 @@ class WindowsPlatform(Platform):
     qmp_over_unix_socket: ClassVar[bool] = False
 
     # --- processes -------------------------------------------------------------------------
+
+    def on_session_end(self, loop: Any, stop: Callable[[str], None], stopped: Any) -> bool:
+        """Console close, logoff and shutdown events (Windows has no SIGTERM or SIGHUP): the
+        handler runs on a system thread, so the stop is handed to the loop."""
+        handler = console_handler(lambda name: loop.call_soon_threadsafe(stop, name), stopped)
+        try:
+            install_console_handler(handler)
+        except (OSError, AttributeError) as exc:
+            log.warning("cannot follow console close and shutdown events: %s", exc)
+            return False
+        return True
 
     def _alive(self, pid: int) -> bool:
         return process_alive(pid, self.process_api())

@@ -118,6 +118,10 @@ def test_damaged_superblock_is_repaired_or_refused_never_formatted(faults_vm: In
     assert same.returncode == 0, same.stdout + same.stderr
     status = vm.pinnace("status")
     assert "error" in status.stdout and "not formatted" in status.stdout, status.stdout
+    # the way out the message names, which also leaves the module's instance usable for the rest
+    reset = vm.pinnace("reset", "--yes")
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert vm.pinnace("stop").returncode == 0
 
 
 @pytest.mark.timeout(300)

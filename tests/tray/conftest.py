@@ -8,6 +8,10 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
 
 import pytest  # noqa: E402
 
+from tests.tray.helpers import hold_spare_references  # noqa: E402
+
+hold_spare_references()
+
 
 @pytest.fixture
 def tray_vm(request: pytest.FixtureRequest):

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 from hypervisor.control import Status
+
+_SPARE: list[tuple[object, ...]] = []
+
+
+def hold_spare_references(count: int = 500_000) -> None:
+    """PySide6 6.12.0 (abi3 wheels) hands back None from void methods (click(), setEnabled()…) and
+    True from Signal.emit() without a new reference: harmless where those objects are immortal
+    (Python >= 3.12), but on 3.11 each call takes one reference away, and a process that makes a
+    few thousand such calls dies with "Fatal Python error: bool_dealloc / none_dealloc" (exit 134),
+    at the latest when the interpreter finalizes. Spare references keep test processes alive; they
+    do not fix the app."""
+    if sys.version_info < (3, 12) and not _SPARE:
+        _SPARE.append((None, True, False) * count)
 
 
 def running_status(**overrides: object) -> Status:

@@ -1,5 +1,6 @@
 """Run under a real X display with a tray host (see test_tray_screenshots.py): shows the tray
-icon, opens its menu, the dashboard and the reset dialog, and captures each with `import`.
+icon, opens its menu, the dashboard, the reset dialog and the Troubleshoot window, and captures
+each with `import`.
 
 Status and engine data are sample values: this checks what the widgets look like, not the agent.
 """
@@ -20,10 +21,13 @@ from app.tray.dashboard import Dashboard
 from app.tray.dashboard_model import EngineSnapshot, container_row, image_row
 from app.tray.reset_dialog import ResetDialog
 from app.tray.tray import TrayApp
+from app.tray.troubleshoot import TroubleshootDialog
+from app.tray.troubleshoot_model import summary_text
 from hypervisor.engine import EngineUsage
 from hypervisor.operations import ResetPreview
 from hypervisor.paths import Paths
-from tests.tray.helpers import running_status
+from tests.tray.fakes import SAMPLE_CHECKS, FakeDiagnose
+from tests.tray.helpers import hold_spare_references, running_status
 
 NOW = int(time.time())
 CONTAINERS = [
@@ -61,7 +65,43 @@ def shot(app: QApplication, out: Path, name: str) -> None:
     print(f"saved {out / name}", flush=True)
 
 
+BUNDLE = Path("/home/u/Downloads/pinnace-diagnose-default-20261201T101500Z.tar.gz")
+
+
+def sample_bundle(paths: Paths, dest: Path | None = None, on_progress=None) -> Path:  # noqa: ANN001
+    """write_bundle's shape; the path it reports is a sample too (nothing is written)."""
+    if on_progress is not None:
+        on_progress("collecting the agent log")
+    return BUNDLE
+
+
+def troubleshoot_shot(app: QApplication, out: Path, paths: Paths) -> bool:
+    """The window as a finished run leaves it (13 checks: one warning, one failure, one skipped),
+    after a saved bundle; the checks arrive through on_result like the library's."""
+    fake = FakeDiagnose(SAMPLE_CHECKS)
+    dialog = TroubleshootDialog(paths, run_checks=fake.run_checks, write_bundle=sample_bundle)
+    dialog.move(40, 60)
+    dialog.show()
+    dialog.run_checks()
+    deadline = time.monotonic() + 10
+    while dialog.summary_label.text() != summary_text(SAMPLE_CHECKS) and time.monotonic() < deadline:
+        pump(app, 0.1)
+    dialog.save_bundle_to(BUNDLE)
+    while "saved" not in dialog.bundle_label.text() and time.monotonic() < deadline:
+        pump(app, 0.1)
+    ok = dialog.summary_label.text() == summary_text(SAMPLE_CHECKS) and "saved" in dialog.bundle_label.text()
+    if not ok:
+        print(f"troubleshoot window not filled: {dialog.summary_label.text()!r} {dialog.bundle_label.text()!r}",
+              file=sys.stderr)
+    else:
+        shot(app, out, "troubleshoot.png")
+    dialog.close()
+    dialog.deleteLater()
+    return ok
+
+
 def main() -> int:
+    hold_spare_references()
     out, home = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     app = QApplication(sys.argv[:1])
@@ -127,6 +167,8 @@ def main() -> int:
     dialog.close()
     dialog.deleteLater()
     dashboard.deleteLater()
+    if not troubleshoot_shot(app, out, paths):
+        return 6
     tray.dispose()
     pump(app, 0.3)
     return 0

@@ -1,5 +1,6 @@
 """Screenshots under Xvfb with a real tray host (trayer): the icon docks, the menu opens, the
-dashboard and reset dialog render. PNGs land in artifacts/screenshots/ for a human to look at."""
+dashboard, reset dialog and Troubleshoot window render. PNGs land in artifacts/screenshots/ for a
+human to look at."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from app.tray.troubleshoot_model import COLOURS
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "artifacts" / "screenshots"
 TOOLS = ("Xvfb", "trayer", "import")
-SHOTS = ("tray-icon.png", "tray-menu.png", "dashboard.png", "dashboard-images.png", "reset-dialog.png")
+SHOTS = ("tray-icon.png", "tray-menu.png", "dashboard.png", "dashboard-images.png", "reset-dialog.png",
+         "troubleshoot.png")
+# Below trayer's bar (whose icon has colours of its own): where the windows are.
+WINDOWS_AREA = "1024x640+0+40"
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in TOOLS),
@@ -76,3 +82,16 @@ def test_screenshots(display: dict[str, str], tmp_path: Path) -> None:
     for name in SHOTS:
         path = OUT / name
         assert path.is_file() and path.stat().st_size > 1000, name
+    for outcome in ("pass", "warn", "fail"):  # the coloured marks were drawn, in their colours
+        assert _pixels_near(OUT / "troubleshoot.png", COLOURS[outcome]) > 20, f"no {outcome} mark drawn"
+
+
+def _pixels_near(png: Path, colour: str) -> int:
+    """How many pixels of the windows' area are within a few percent of `colour` (ImageMagick)."""
+    proc = subprocess.run(
+        ["convert", str(png), "-crop", WINDOWS_AREA, "+repage", "-alpha", "off", "-fuzz", "6%",
+         "-fill", "black", "+opaque", colour, "-fill", "white", "-opaque", colour,
+         "-colorspace", "gray", "-format", "%[fx:round(mean*w*h)]", "info:"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return int(proc.stdout.strip())

@@ -116,11 +116,20 @@ def test_menu_layout_when_running() -> None:
         Action.COPY_CONTEXT,
         Action.COPY_DOCKER_HOST,
         Action.OPEN_LOGS,
+        Action.TROUBLESHOOT,
         Action.QUIT,
     ]
     texts = {e.action: e.text for e in entries}
     assert texts[Action.COPY_CONTEXT] == "Copy `docker context use pinnace`"
     assert texts[Action.RESET] == "Reset VM…"
+
+
+@pytest.mark.parametrize("state", ["stopped", "starting", "running", "stopping", "error", "paused", "unknown"])
+@pytest.mark.parametrize("busy", [False, True])
+def test_troubleshoot_is_offered_in_every_state(state: str, busy: bool) -> None:
+    for status in (None, Status("default", state=state)):
+        entries = {e.action: e for e in build_menu(status, busy=busy) if e.action is not None}
+        assert entries[Action.TROUBLESHOOT].enabled and entries[Action.TROUBLESHOOT].text == "Troubleshoot…"
 
 
 def test_no_agent_means_start_and_busy_hides_lifecycle() -> None:

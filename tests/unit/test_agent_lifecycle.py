@@ -124,6 +124,9 @@ class FakeLink:
     async def keep_endpoint(self) -> None:
         pass
 
+    async def keep_alive(self) -> None:
+        await asyncio.sleep(3600)
+
     def open_guest_command(self, command: str):  # noqa: ANN201 - the clock keeper's way in
         raise SSHError("no guest in this test")
 

@@ -89,7 +89,9 @@ def test_set_clock_sleeps_until_the_next_whole_second() -> None:
     plan = set_clock_command(1700000000.25)
     assert plan.target == 1700000001
     assert plan.delay == pytest.approx(0.75)
-    assert plan.command == 'sleep 0.750000; date -u -s @1700000001 >/dev/null; echo "$EPOCHREALTIME"'
+    assert plan.command == ('sleep 0.750000; r=$(cat /sys/class/rtc/rtc0/since_epoch 2>/dev/null); '
+                            '[ -n "$r" ] && [ "$r" -gt 1700000003 ] && exit 4; '
+                            'date -u -s @1700000001 >/dev/null; echo "$EPOCHREALTIME"')
 
 
 def test_set_clock_counts_the_latency() -> None:

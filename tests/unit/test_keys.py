@@ -75,8 +75,8 @@ def test_public_line_rejects_non_ed25519(tmp_path):
         public_line(tmp_path / "ecdsa")
 
 
-def test_authorized_keys_line_reenables_forwarding_and_pty():
+def test_authorized_keys_line_reenables_forwarding_pty_and_the_agent():
     line = authorized_keys_line("ssh-ed25519 AAAAkey comment\n")
     options, rest = line.split(" ", 1)
-    assert options.split(",") == ["restrict", "port-forwarding", "pty"]
+    assert options.split(",") == ["restrict", "port-forwarding", "pty", "agent-forwarding"]
     assert rest == "ssh-ed25519 AAAAkey comment"
