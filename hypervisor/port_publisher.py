@@ -16,6 +16,7 @@ from typing import Any
 
 from hypervisor import engine
 from hypervisor.errors import ForwardError, PinnaceError
+from hypervisor.hostinfo import current_uid
 from hypervisor.ports import (
     DEBOUNCE_S,
     RECONNECT_S,
@@ -23,10 +24,12 @@ from hypervisor.ports import (
     Key,
     PortRule,
     add_failed,
+    add_failure_message,
     bind_sources,
     conflict_message,
     diff,
     events_path,
+    first_unprivileged_port,
     host_port_busy,
     parse_usernet,
     relevant,
@@ -247,7 +250,8 @@ class PortPublisher:
             else:
                 out = await self.hmp(rule.add_command())
                 if add_failed(out):
-                    message = conflict_message(rule, out.strip().splitlines()[-1])
+                    message = add_failure_message(rule, out.strip().splitlines()[-1], current_uid(),
+                                                  first_unprivileged_port())
             if message:
                 if errors.get(rule.key) != message:
                     log.error("%s", message)

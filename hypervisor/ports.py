@@ -26,6 +26,7 @@ import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("pinnace.ports")
@@ -183,6 +184,28 @@ def conflict_message(rule: PortRule, detail: str = "") -> str:
             f"{rule.container_name or rule.container_id[:12]} (port {rule.container_port}/{rule.proto}) "
             f"is already in use on the host")
     return f"{text}: {detail}" if detail else text
+
+
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+
+
+def first_unprivileged_port(sysctl: Path = UNPRIVILEGED_PORT_START) -> int:
+    """Below this port a bind needs root or CAP_NET_BIND_SERVICE (Linux's sysctl; 1024 elsewhere)."""
+    try:
+        return int(sysctl.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def add_failure_message(rule: PortRule, detail: str, euid: int | None, first_unprivileged: int) -> str:
+    """Why a host forward could not be added, with the way out: a privileged port is not "in use"."""
+    if euid not in (None, 0) and rule.host_port < first_unprivileged:
+        return (f"host port {rule.host_ip}:{rule.host_port}/{rule.proto} for container "
+                f"{rule.container_name or rule.container_id[:12]} needs privileges: ports below "
+                f"{first_unprivileged} need root or CAP_NET_BIND_SERVICE; publish it on a higher port "
+                f"(-p {rule.host_port + 8000 if rule.host_port + 8000 < 65536 else 8080}:{rule.container_port}), "
+                f"or allow it with `sudo sysctl net.ipv4.ip_unprivileged_port_start={rule.host_port}`")
+    return conflict_message(rule, detail)
 
 
 def status_entry(rule: PortRule, error: str = "") -> dict[str, Any]:

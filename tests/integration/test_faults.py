@@ -279,6 +279,20 @@ def test_a_wiped_runtime_dir_and_an_orphan_never_get_a_second_qemu(faults_vm: In
     assert vm.pinnace("stop").returncode == 0
 
 
+@pytest.mark.timeout(600)
+def test_six_concurrent_starts_boot_one_vm(faults_vm: Instance) -> None:
+    """Six `pinnace start` at once (a tray and five terminals): all succeed, one QEMU."""
+    vm = faults_vm
+    if status_json(vm)["state"] != "stopped":
+        assert vm.pinnace("stop").returncode == 0
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: vm.pinnace("start"), range(6)))
+    assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
+    assert len(our_qemus(vm)) == 1
+    assert status_json(vm)["state"] == "running"
+    assert vm.pinnace("stop").returncode == 0
+
+
 # --- a full host disk -------------------------------------------------------------------------
 
 

@@ -260,3 +260,19 @@ def test_publisher_adopts_what_qemu_already_forwards() -> None:
     asyncio.run(pub.sync())
     assert set(qemu.rules) == {("tcp", "127.0.0.1", 8080)}
     assert not any(line.startswith("hostfwd_add") for line in qemu.log)
+
+
+def test_a_privileged_port_says_how_to_get_it_not_that_it_is_taken(tmp_path) -> None:  # noqa: ANN001
+    from hypervisor.ports import add_failure_message, first_unprivileged_port
+
+    low = rule(80)
+    message = add_failure_message(low, "Could not set up host forwarding rule", euid=1000, first_unprivileged=1024)
+    assert "needs privileges" in message and "CAP_NET_BIND_SERVICE" in message and "in use" not in message
+    assert "ip_unprivileged_port_start=80" in message and "-p 8080:80" in message and "\n" not in message
+    # root, or a port above the limit: a real conflict
+    assert "already in use" in add_failure_message(low, "x", euid=0, first_unprivileged=1024)
+    assert "already in use" in add_failure_message(rule(8080), "x", euid=1000, first_unprivileged=1024)
+    sysctl = tmp_path / "start"
+    sysctl.write_text("80\n")
+    assert first_unprivileged_port(sysctl) == 80
+    assert first_unprivileged_port(tmp_path / "missing") == 1024
