@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,7 @@ class GuestSSH:
         transport = self._transport
         return transport is not None and transport.is_active()
 
-    def probe(self, timeout: float = 10.0) -> bool:
+    def probe(self, timeout: float = 10.0, still_expected: Callable[[], bool] = lambda: True) -> bool:
         """Ask sshd for a reply (an OpenSSH keepalive global request) and wait up to `timeout`.
 
         paramiko's own keepalives expect no reply, so a transport whose peer is gone (a guest
@@ -199,6 +200,8 @@ class GuestSSH:
 
         threading.Thread(target=ask, name="ssh-probe", daemon=True).start()
         if answered.wait(timeout) and transport.is_active():
+            return True
+        if not still_expected():  # e.g. QEMU paused the VM meanwhile: silence is no sign of death
             return True
         log.warning("guest sshd did not answer a keepalive in %.0f s: dropping the SSH transport", timeout)
         self._drop(transport)

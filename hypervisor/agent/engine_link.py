@@ -89,7 +89,7 @@ class EngineLink:
             await asyncio.sleep(KEEPALIVE_S)
             ssh = self.ssh
             if ssh is not None and self.paused is None:
-                await loop.run_in_executor(None, ssh.probe, KEEPALIVE_S)
+                await loop.run_in_executor(None, ssh.probe, KEEPALIVE_S, lambda: self.paused is None)
 
     def set_paused(self, reason: str | None, drop_connections: bool = False) -> None:
         """While paused, docker clients get `reason` at once instead of a connection that hangs;

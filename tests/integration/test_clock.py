@@ -26,20 +26,33 @@ class ContainerClock:
     would add its own second of setup between the host's reading and the guest's)."""
 
     def __init__(self, vm: Instance, container: str) -> None:
-        env = {**vm.env, "DOCKER_HOST": vm.docker_host}
-        self.proc = subprocess.Popen(["docker", "exec", "-i", container, "sh", "-c",
-                                      'while read -r _; do echo "$EPOCHREALTIME"; done'],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.env = {**vm.env, "DOCKER_HOST": vm.docker_host}
+        self.container = container
+        self.proc = self._start()
 
-    def offset(self) -> float:
-        """How far off the host's clock the container's certainly is at most: |guest - host
-        midpoint| + half the round trip."""
+    def _start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(["docker", "exec", "-i", self.container, "sh", "-c",
+                                 'while read -r _; do echo "$EPOCHREALTIME"; done'],
+                                env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def offset(self) -> float | None:
+        """The container's clock minus the host's (at the midpoint of the round trip, NTP-style),
+        or None when the round trip was too slow (over 1 s: a loaded guest) to tell."""
+        if self.proc.poll() is not None:
+            self.proc = self._start()
         assert self.proc.stdin is not None and self.proc.stdout is not None
         sent = time.time()
         self.proc.stdin.write("\n")
         line = self.proc.stdout.readline()
         received = time.time()
-        return abs(float(line) - (sent + received) / 2) + (received - sent) / 2
+        if received - sent > 1.0:
+            return None
+        return float(line) - (sent + received) / 2
+
+    def within(self, tolerance: float) -> float | bool:
+        """The offset's size when it is certainly known and within `tolerance`; False otherwise."""
+        offset = self.offset()
+        return offset is not None and abs(offset) <= tolerance and max(abs(offset), 1e-6)
 
     def close(self) -> None:
         self.proc.kill()
@@ -72,7 +85,7 @@ def test_the_clock_is_right_within_5_s_of_resuming_a_paused_vm(vm_instance: Inst
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     began = time.monotonic()
     within = wait_for("the container's clock within 1 s of the host's",
-                      lambda: (off := container_clock.offset()) <= 1.0 and max(off, 1e-6), 5.0, 0.1)
+                      lambda: container_clock.within(1.0), 5.0, 0.1)
     print(f"after a {PAUSE_S:.0f} s pause: container clock {within:.3f} s off, "
           f"{time.monotonic() - began:.1f} s after the resume")
     assert abs(status(vm)["clock_offset_s"]) < 1.0
@@ -87,7 +100,7 @@ def test_a_guest_clock_an_hour_behind_is_corrected_within_30_s(vm_instance: Inst
     set_back = vm.pinnace("ssh", "--", 'date -u -s @$(( $(date +%s) - 3600 )) >/dev/null; echo "$EPOCHREALTIME"')
     assert time.time() - float(set_back.stdout) > 3000, set_back.stdout + set_back.stderr
     began = time.monotonic()
-    wait_for("the clock corrected", lambda: container_clock.offset() <= 1.0, 30.0, 0.5)
+    wait_for("the clock corrected", lambda: container_clock.within(1.0), 30.0, 0.5)
     print(f"an hour behind: corrected within {time.monotonic() - began:.1f} s")
 
 

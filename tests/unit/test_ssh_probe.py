@@ -54,6 +54,13 @@ def test_an_unanswered_keepalive_drops_the_transport() -> None:
     assert not transport.active and not ssh.is_active()  # the next channel open reconnects
 
 
+def test_a_keepalive_unanswered_because_the_vm_was_paused_meanwhile_keeps_the_transport() -> None:
+    transport = FakeTransport(answers=False)
+    ssh = guest_ssh(transport)
+    assert ssh.probe(timeout=0.3, still_expected=lambda: False)  # QEMU paused it: no reply is no news
+    assert transport.active and ssh.is_active()
+
+
 def test_nothing_to_probe_is_not_a_failure() -> None:
     ssh = guest_ssh(FakeTransport(answers=True))
     ssh._transport = None
