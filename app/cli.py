@@ -15,7 +15,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from app import dockerctx, shell_env
+from app import dockerctx, engine_commands, image_commands, shell_env
+from app.errors import UsageError
 from hypervisor import engine, launcher, operations
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
@@ -28,10 +29,6 @@ from vmimage import cli as image_cli
 from vmimage.errors import ImageError
 
 log = logging.getLogger("pinnace.cli")
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit 2."""
 
 
 def version() -> str:
@@ -66,19 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--serial", action="store_true", help="the guest's serial console")
     which.add_argument("--agent", action="store_true", help="the host agent's log (default)")
     c = sub.add_parser("config", help="read or change settings")
-    csub = c.add_subparsers(dest="config_command", required=True, metavar="{get,set,show}")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="{get,set,show,engine}")
     g = csub.add_parser("get")
     g.add_argument("key")
     cs = csub.add_parser("set")
     cs.add_argument("key")
     cs.add_argument("value")
     csub.add_parser("show")
+    engine_commands.add_arguments(csub)
     sh = sub.add_parser("ssh", help="a shell (or a command) in the guest")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (after --)")
     e = sub.add_parser("env", help="print DOCKER_HOST for your shell")
     e.add_argument("--shell", choices=shell_env.SHELLS, default=dockerctx.default_shell())
-    img = sub.add_parser("image", help="build or describe the guest image")
-    image_cli.add_arguments(img)
+    img = sub.add_parser("image", help="build, describe, update or roll back the guest image")
+    image_commands.add_arguments(image_cli.add_arguments(img))
     sub.add_parser("tray", help="start the tray app")
     dg = sub.add_parser("diagnose", help="check QEMU, the image, the disk and the VM; each row names its fix",
                         description="Checks the host, the image and the VM (exit 0 when none fails). "
@@ -145,6 +143,18 @@ def describe(status: Status) -> str:
         lines.append(f"clock      guest {status.clock_offset_s:+.3f} s from the host")
     if status.host_ssh_agent and status.state in ("running", "paused"):
         lines.append(f"ssh-agent  {status.host_ssh_agent}")
+    if status.engine_proxy and status.state in ("running", "paused"):
+        lines.append(f"proxy      {status.engine_proxy}")
+    if status.engine_ca and status.state in ("running", "paused"):
+        lines.append(f"CAs        {status.engine_ca}")
+    if status.engine_config_warning and status.state in ("running", "paused"):
+        lines.append(f"warning    {status.engine_config_warning}")
+    if status.image_version and status.state in ("starting", "running", "paused"):
+        lines.append(f"image      {status.image_version} ({status.image_fingerprint[:12]}), {status.image_role}")
+    if status.image_notice and status.state in ("starting", "running", "paused", "error"):
+        lines.append(f"update     {status.image_notice}")
+    if status.image_note and status.state in ("starting", "running", "paused"):
+        lines.append(f"note       {status.image_note}")
     if status.clock_warning:
         lines.append(f"warning    {status.clock_warning}")
     if status.docker_socket:
@@ -331,6 +341,8 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_config(paths: Paths, args: argparse.Namespace) -> int:
+    if args.config_command == "engine":
+        return engine_commands.run(paths, args)
     host, disk_gib = _host(), _current_disk_gib(paths)
     if args.config_command == "set" and args.key == "shares":
         # Setting the shares replaces a list the guest refuses (a file edited by hand): read the
@@ -432,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="pinnace: %(message)s")
     try:
-        if args.command == "image":
+        if args.command == "image" and args.image_command not in image_commands.SLOT_COMMANDS:
             return image_cli.run(args)
         paths = Paths.for_instance(args.name)
         paths.ensure_dirs()
+        if args.command == "image":
+            return image_commands.run(paths, args, lambda p: cmd_restart(p, args))
         return COMMANDS[args.command](paths, args)
     except UsageError as exc:
         print(f"pinnace: {exc}", file=sys.stderr)

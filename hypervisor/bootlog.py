@@ -6,6 +6,7 @@ The guest's init prints `PINNACE-STAGE <name> <uptime>`, `PINNACE-READY <uptime>
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,22 @@ class SerialTail:
         return [e for e in map(parse_line, self.read_lines()) if e is not None]
 
 
-def last_lines(path: Path, count: int = 5) -> list[str]:
+def last_lines(path: Path, count: int = 5, window: int = 8192) -> list[str]:
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 8192))
+            f.seek(max(0, path.stat().st_size - window))
             text = f.read().decode(errors="replace")
     except OSError:
         return []
     return [ln.strip() for ln in text.splitlines() if ln.strip()][-count:]
+
+
+_KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+
+
+def kernel_panic(lines: list[str]) -> str:
+    """The kernel's panic message among console lines ("Kernel panic - not syncing: …"), or ''."""
+    for line in lines:
+        if "Kernel panic" in line:
+            return _KERNEL_TIME.sub("", line).strip()
+    return ""

@@ -59,6 +59,18 @@ class Status:
     clock_warning: str = ""
     # the host's ssh-agent in the guest: "forwarded to /run/host-services/ssh-auth.sock", or why not
     host_ssh_agent: str = ""
+    # the guest image booted (hypervisor/agent/image_slots): version, fingerprint, "known good" or
+    # "candidate"; why the installed image is not the one booted; a one-time notice and its id
+    image_version: str = ""
+    image_fingerprint: str = ""
+    image_role: str = ""
+    image_note: str = ""
+    image_notice: str = ""
+    image_notice_id: int = 0
+    # the engine's proxy and extra CAs as this boot gave them; why its configuration is not the user's
+    engine_proxy: str = ""
+    engine_ca: str = ""
+    engine_config_warning: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -74,6 +74,17 @@ class Settings:
     start_vm_with_app: bool = False
     shares: list[Share] = field(default_factory=_default_shares)
     share_transport: str = "auto"
+    # The engine's proxy (dockerd's pulls and pushes, the guest's own tools; never containers').
+    # Empty values are taken from the host's environment when the VM starts, unless
+    # proxy_from_environment is false. A loopback proxy means the host's (hypervisor/engine_config).
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+    proxy_from_environment: bool = True
+    # Extra CA certificates (PEM files) the engine and the guest trust, e.g. a private registry's
+    # or a TLS-inspecting proxy's; host_ca_additions adds the host's own trust-store additions.
+    ca_files: list[str] = field(default_factory=list)
+    host_ca_additions: bool = False
 
     @classmethod
     def defaults(cls, host: HostFacts, home: str | None = None) -> Settings:
@@ -91,8 +102,16 @@ SCALAR_TYPES: dict[str, type] = {
     "start_at_login": bool,
     "start_vm_with_app": bool,
     "share_transport": str,
+    "http_proxy": str,
+    "https_proxy": str,
+    "no_proxy": str,
+    "proxy_from_environment": bool,
+    "host_ca_additions": bool,
 }
-KEYS = (*SCALAR_TYPES, "shares")
+LIST_KEYS = ("ca_files",)
+KEYS = (*SCALAR_TYPES, *LIST_KEYS, "shares")
+PROXY_KEYS = ("http_proxy", "https_proxy")
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -121,6 +140,15 @@ def validate_static(settings: Settings, current_disk_gib: int | None = None) -> 
         raise SettingsError(
             f"share_transport: {settings.share_transport!r} is not one of {', '.join(SHARE_TRANSPORTS)}"
         )
+    for key in PROXY_KEYS:
+        problem = proxy_url_problem(getattr(settings, key))
+        if problem:
+            raise SettingsError(f"{key}: {getattr(settings, key)!r} {problem}")
+    if any(ch.isspace() for ch in settings.no_proxy.replace(" ", "")):
+        raise SettingsError("no_proxy: expected host names, domains or addresses separated by commas")
+    for i, path in enumerate(settings.ca_files):
+        if not _is_absolute(path):
+            raise SettingsError(f"ca_files[{i}]: {path!r} is not an absolute path")
     for i, share in enumerate(settings.shares):
         if not _is_absolute(share.path):
             raise SettingsError(f"shares[{i}].path: {share.path!r} is not an absolute path")
@@ -144,6 +172,48 @@ def validate(settings: Settings, host: HostFacts, current_disk_gib: int | None =
     if settings.share_transport == "virtiofs" and host.os != "linux":
         raise SettingsError(f"share_transport: virtiofs needs a Linux host (virtiofsd), not {host.os}; "
                             f"use auto or 9p")
+
+
+def proxy_url_problem(url: str) -> str:
+    """'' when `url` is empty or a usable proxy URL (scheme://[user:pass@]host[:port]), else why not."""
+    import urllib.parse
+
+    if not url:
+        return ""
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in PROXY_SCHEMES:
+        return f"is not a proxy URL (scheme {parsed.scheme!r}; use one of {', '.join(PROXY_SCHEMES)})"
+    try:
+        port = parsed.port
+    except ValueError:
+        return "has an invalid port"
+    if not parsed.hostname or (parsed.path not in ("", "/")) or parsed.query or port == 0:
+        return "is not a proxy URL (expected http://host:port)"
+    return ""
+
+
+def pem_file_problem(path: str) -> str:
+    """'' when `path` is a readable file holding at least one PEM certificate, else why not."""
+    import base64
+    import re
+
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a directory, not a PEM file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text, re.S)
+    if not blocks:
+        return "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    for block in blocks:
+        try:
+            base64.b64decode("".join(block.split()), validate=True)
+        except ValueError:
+            return "holds a damaged PEM certificate"
+    return ""
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -198,6 +268,10 @@ def from_dict(data: dict[str, Any], base: Settings) -> Settings:
             raise SettingsError(f"{key}: unknown key (known: {', '.join(KEYS)})")
         if key == "shares":
             values[key] = _parse_shares(value)
+        elif key in LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SettingsError(f"{key}: expected an array of strings, got {_show(value)}")
+            values[key] = list(value)
         else:
             values[key] = _check_type(key, value, SCALAR_TYPES[key])
     return dataclasses.replace(base, **values)
@@ -235,6 +309,8 @@ def load(path: Path, host: HostFacts, current_disk_gib: int | None = None, *, va
 def _parse_text(key: str, text: str) -> Any:
     if key == "shares":
         return _parse_shares_text(text)
+    if key in LIST_KEYS:
+        return [part.strip() for part in text.split(",") if part.strip()]
     expected = SCALAR_TYPES[key]
     stripped = text.strip()
     if expected is bool:
@@ -264,6 +340,8 @@ def _parse_shares_text(text: str) -> list[Share]:
 def _format_text(key: str, value: Any) -> str:
     if key == "shares":
         return ",".join(s.path + (":ro" if s.read_only else "") for s in value)
+    if key in LIST_KEYS:
+        return ",".join(value)
     return value if isinstance(value, str) else _show(value)
 
 
@@ -294,6 +372,11 @@ def set_value(
                 what = ("is not a directory on this host" if os.path.lexists(share.path)
                         else "does not exist on this host; create it first")
                 raise SettingsError(f"shares[{i}].path: {share.path!r} {what}")
+    if key == "ca_files":
+        for i, path in enumerate(updated.ca_files):
+            problem = pem_file_problem(path)
+            if problem:
+                raise SettingsError(f"ca_files[{i}]: {path!r} {problem}")
     return updated
 
 
@@ -333,13 +416,15 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot serialise {type(value).__name__} to TOML")
 
 
 def to_toml(settings: Settings) -> str:
     """Our tiny TOML writer: flat scalars, then `[[shares]]` tables."""
     lines = ["# Pinnace instance settings (see `pinnace config --help`)."]
-    for key in SCALAR_TYPES:
+    for key in (*SCALAR_TYPES, *LIST_KEYS):
         lines.append(f"{key} = {_toml_value(getattr(settings, key))}")
     if not settings.shares:
         lines.append("shares = []")

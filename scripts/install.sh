@@ -16,6 +16,7 @@ APT_PACKAGES=(
   openssh-server                                   # tests: a host sshd for the forwarder tests
   libsqlite3-dev                                   # tests: a static sqlite for the WAL-on-a-share test
   dnsmasq-base                                     # tests: a DNS server on the host's loopback (no service)
+  docker-registry tinyproxy                        # tests: a registry and a proxy on the host's loopback
   xvfb trayer imagemagick libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
   libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libegl1 libgl1 libfontconfig1
   libdbus-1-3                                      # the tray app (and its screenshot tests)
@@ -28,6 +29,15 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The tests start their own registry and proxy on private loopback ports: the packages' system
+  # services (listening on :5000 and :8888) are not wanted where this script installed them.
+  if [ -d /run/systemd/system ]; then
+    for unit in docker-registry tinyproxy; do
+      if printf '%s\n' "${missing[@]}" | grep -qx "$unit"; then
+        $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 PYTHON="${PYTHON:-python3}"

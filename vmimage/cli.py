@@ -20,8 +20,9 @@ def host_arch() -> str:
     return HOST_ARCH.get(platform.machine().lower(), "x86_64")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="image_command", required=True, metavar="{build,info}")
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """`build` and `info`; the subparsers are returned so the app can add its own commands."""
+    sub = parser.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     b = sub.add_parser("build", help="build the guest image (kernel, initrd, root image)")
     b.add_argument("--arch", choices=ARCHES, default=host_arch())
     b.add_argument("--out", type=Path, help="output directory (default: the user data dir)")
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--arch", choices=ARCHES, default=host_arch())
     i.add_argument("--dir", type=Path, help="image directory (default: the user data dir)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return sub
 
 
 def _mib(n: int) -> str:

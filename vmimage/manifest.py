@@ -32,6 +32,10 @@ class Manifest:
     artifacts: dict[str, Artifact]
     packages: list[dict[str, str]] = field(default_factory=list)
     recipe_sha256: str = ""
+    # The version of what the image writes on the data disk (ext4 features, the engine's storage
+    # layout). Raised when an image changes it so that an older image could not read the disk:
+    # the hypervisor never falls back from an image to one with an older data format.
+    data_format: int = 1
 
     @property
     def boot_size(self) -> int:
@@ -96,7 +100,10 @@ def load(directory: Path) -> Manifest:
         missing = [k for k in BOOT_ARTIFACTS if k not in artifacts]
         if missing:
             raise KeyError(f"no {missing[0]} artifact")
-        return Manifest(artifacts=artifacts, **raw)
+        found = Manifest(artifacts=artifacts, **raw)
+        if type(found.data_format) is not int or found.data_format < 1:
+            raise TypeError("data_format is not a positive integer")
+        return found
     except FileNotFoundError as exc:
         raise ManifestError(f"no image at {directory} (run `pinnace image build`)") from exc
     except (ValueError, TypeError, KeyError, AttributeError) as exc:

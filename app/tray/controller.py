@@ -12,6 +12,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, Signal
 
 from app.tray import notices
+from app.tray.prefs import TrayPrefs
 from app.tray.status_text import one_line
 from app.tray.tasks import run_task
 from app.tray.watcher import StatusWatcher
@@ -59,6 +60,7 @@ class InstanceController(QObject):
         self.expected: str | None = None
         self.busy_op: str | None = None
         self.clock_warned = ""  # the guest clock warning already notified (notices.clock_notice)
+        self.image_told = TrayPrefs.load(paths.config_dir).image_notice_told  # notices.image_notice
         self.watcher: StatusWatcher | None = None
         if watch:
             self.watcher = StatusWatcher(self._factory, lambda: launcher.last_status(paths), parent=self)
@@ -89,14 +91,26 @@ class InstanceController(QObject):
         self.status = status
         note = notices.notice_for(prev, status, self.expected)
         clock_note, self.clock_warned = notices.clock_notice(self.clock_warned, status)
+        image_note, told = notices.image_notice(self.image_told, status)
+        if told != self.image_told:
+            self.image_told = told
+            self._remember_image_notice(told)
         if not self.busy and notices.settled(self.expected, status):
             self.expected = None
         self.status_changed.emit(status)
         # the state's notice last: where a new notification replaces the shown one, it is the one kept
-        for n in (clock_note, note):
+        for n in (image_note, clock_note, note):
             if n is not None:
                 log.info("notice: %s: %s", n.title, n.message)
                 self.notice.emit(n)
+
+    def _remember_image_notice(self, told: int) -> None:
+        try:
+            prefs = TrayPrefs.load(self.paths.config_dir)
+            prefs.image_notice_told = told
+            prefs.save(self.paths.config_dir)
+        except OSError as exc:  # shown again after a restart of the tray at worst
+            log.warning("cannot remember the image notice as shown: %s", exc)
 
     def refresh(self) -> None:
         """One-off status read (e.g. before the menu opens when the watcher is not running)."""

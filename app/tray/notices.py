@@ -31,6 +31,8 @@ CRASH_REBOOTING = "restarting after a crash"
 CRASH_GAVE_UP = "not restarted again"
 
 CLOCK_TITLE = "Pinnace could not set the guest clock"
+IMAGE_UPDATED_TITLE = "Pinnace guest image updated"
+IMAGE_ROLLED_BACK_TITLE = "Pinnace rolled back the guest image"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,17 @@ def clock_notice(warned: str, new: Status | None) -> tuple[Notice | None, str]:
     if not warning or warning == warned:
         return None, warning
     return Notice(CLOCK_TITLE, one_line(warning, NOTICE_MAX), warning=True), warning
+
+
+def image_notice(told: int, new: Status | None) -> tuple[Notice | None, int]:
+    """The agent's one-time image message ("updated to …", "rolled back to …: image … failed: …",
+    issue #19), shown once per notice id; returns it (or None) and the id to remember as told."""
+    if new is None or not new.image_notice or new.image_notice_id <= told:
+        return None, told
+    text = one_line(new.image_notice, NOTICE_MAX)
+    if "rolled back" in new.image_notice or "refused" in new.image_notice:
+        return Notice(IMAGE_ROLLED_BACK_TITLE, text, warning=True), new.image_notice_id
+    return Notice(IMAGE_UPDATED_TITLE, text), new.image_notice_id
 
 
 def settled(expected: str | None, status: Status | None) -> bool:

@@ -21,6 +21,7 @@ FILE_NAME = "tray.json"
 @dataclass
 class TrayPrefs:
     quit_action: str = "ask"  # "ask" | "stop" (stop the VM too) | "keep" (leave it running)
+    image_notice_told: int = 0  # the agent's image notice id last shown (each is shown once)
 
     @classmethod
     def load(cls, config_dir: Path) -> TrayPrefs:
@@ -32,8 +33,11 @@ class TrayPrefs:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
             return cls()
-        action = data.get("quit_action") if isinstance(data, dict) else None
-        return cls(quit_action=action if action in QUIT_CHOICES else "ask")
+        data = data if isinstance(data, dict) else {}
+        action = data.get("quit_action")
+        told = data.get("image_notice_told")
+        return cls(quit_action=action if action in QUIT_CHOICES else "ask",
+                   image_notice_told=told if type(told) is int and told >= 0 else 0)
 
     def save(self, config_dir: Path) -> None:
         config_dir = Path(config_dir)

@@ -8,7 +8,9 @@ Where things are (each module has one job):
     status_board.py    the one writer of the status: state.json and the watchers
     control_server.py  the control API's server side (JSON lines on the private endpoint)
     qemu_driver.py     the QEMU process: image, accelerator, argv, spawn, adopt, powerdown -> quit -> kill
-    guest_image.py     which guest image boots, verified against its manifest
+    guest_image.py     a guest image, verified against its manifest
+    image_slots.py     which image boots: known good, previous, candidate (and rollback)
+    image_health.py    the health check a candidate image passes before it is known good
     engine_link.py     SSH to the guest, the engine-socket forwarder, readiness, published ports
     file_events.py     host file changes under bind-mounted shares -> inotify events in the guest
 

@@ -25,11 +25,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hypervisor import disk, process
+from hypervisor import bootlog, disk, process
 from hypervisor import platform as host_platform
+from hypervisor.agent import engine_setup, guest_image, image_health
 from hypervisor.agent.clock_keeper import ClockKeeper
 from hypervisor.agent.control_server import ControlServer, serve
 from hypervisor.agent.engine_link import EngineLink
+from hypervisor.agent.image_slots import BootPlan, ImageSlots
 from hypervisor.agent.lifecycle import State
 from hypervisor.agent.qemu_driver import Machine, QemuDriver, ready_timeout
 from hypervisor.agent.recovery import RESUME_FREE_BYTES, RestartPolicy, is_out_of_space, pause_reason
@@ -46,7 +48,8 @@ SPACE_CHECK_S = 1.0  # how often a VM paused on a full disk looks for room again
 
 # What a re-adopting agent takes from the previous agent's last status: facts of the running VM.
 ADOPTED_FACTS = ("accel", "accel_reason", "accel_warning", "cpus", "memory_mib", "disk_gib", "started_at",
-                 "shares", "share_transport_reason")
+                 "shares", "share_transport_reason", "image_version", "image_fingerprint", "image_role", "image_note",
+                 "image_notice", "image_notice_id", "engine_proxy", "engine_ca", "engine_config_warning")
 
 
 def read_last_status(paths: Paths) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class Agent:
         self.board = board or StatusBoard(Status(instance=paths.instance, agent_pid=os.getpid()), paths.state_file)
         self.driver = driver or QemuDriver(paths, self.board, self.platform)
         self.link = link or EngineLink(paths, self.board, self.platform)
+        self.slots = ImageSlots(paths, platform=self.platform)
         self.control = ControlServer(self.board, self.operate)
         self.clock = ClockKeeper(self.link.open_guest_command, self.board,
                                  paused=lambda: self.board.state is State.PAUSED)
@@ -167,14 +171,29 @@ class Agent:
     # --- bringing the VM up ----------------------------------------------------------------
 
     async def boot(self, reason: str = "starting") -> None:
-        """-> starting -> running, or error with the failing step named (and QEMU ended)."""
+        """-> starting -> running, or error with the failing step named (and QEMU ended).
+
+        A new guest image (image_slots) must also pass a health check; if it fails, the VM is
+        ended and the known-good image boots instead, and the status says why."""
         self._io_error = None
         self.board.to(State.STARTING, reason)
         self.board.update(engine_version="", started_at=time.time(), ready_at=None, clock_offset_s=None,
                           clock_warning="")
+        loop = asyncio.get_running_loop()
         try:
-            machine = await self.driver.boot()
-            await self._bring_up(machine, booting=True)
+            plan = await loop.run_in_executor(None, self.slots.plan, self.driver.locate_image)
+            self._show_image(plan)
+            try:
+                machine = await self.driver.boot(plan.image)
+                await self._bring_up(machine, booting=True, judge=plan.fallback is not None)
+            except PinnaceError as exc:
+                if not plan.candidate or plan.fallback is None:
+                    raise
+                await self._roll_back(plan, exc)
+                return
+            if plan.candidate:
+                await loop.run_in_executor(None, self.slots.commit, plan)
+                self._show_image(BootPlan(plan.image, plan.fingerprint, False))
         except asyncio.CancelledError:
             raise
         except PinnaceError as exc:
@@ -184,6 +203,45 @@ class Agent:
             log.exception("boot failed")
             await self._fail(f"unexpected error: {exc}", kill=True)
             raise MachineError("start failed", exc) from exc
+
+    async def _roll_back(self, plan: BootPlan, failure: PinnaceError) -> None:
+        """The candidate failed to boot or to pass its health check: end that VM, remember why
+        (with the console's last lines), and boot the known-good image on the same data disk."""
+        assert plan.fallback is not None
+        loop = asyncio.get_running_loop()
+        console = bootlog.last_lines(self.paths.serial_log, 200, window=64 << 10)
+        panic = bootlog.kernel_panic(console)
+        reason = f"{failure} ({panic})" if panic else str(failure)
+        notice = await loop.run_in_executor(None, self.slots.reject, plan, reason, console[-5:])
+        log.error("%s", notice)
+        await self._abandon()
+        self.board.to(State.STARTING, f"rolling back: {notice}")
+        fallback = BootPlan(plan.fallback, plan.fallback_fingerprint, False)
+        self._show_image(fallback)
+        try:
+            await loop.run_in_executor(None, guest_image.verify, plan.fallback)
+            machine = await self.driver.boot(plan.fallback)
+            await self._bring_up(machine, booting=True, judge=False)
+        except PinnaceError as second:
+            # Neither image came up: the cause is elsewhere (host, QEMU, disk), not the candidate.
+            await loop.run_in_executor(None, self.slots.forgive, plan)
+            raise MachineError(f"{failure}; the previous image {fallback.name} failed as well: {second}") from second
+
+    async def _abandon(self) -> None:
+        """End the VM of a failed candidate without publishing an error: a fallback follows."""
+        self.driver.expect_exit = True
+        self._stop_watching()
+        await self.link.close()
+        try:
+            await self.driver.kill()
+        except Exception:  # noqa: BLE001 - logged; the fallback's boot reports what matters
+            log.exception("ending the failed candidate's VM")
+
+    def _show_image(self, plan: BootPlan) -> None:
+        record = self.slots.load()
+        self.board.update(image_version=plan.image.manifest.version, image_fingerprint=plan.fingerprint,
+                          image_role="candidate" if plan.candidate else "known good",
+                          image_note=plan.note, image_notice=record.notice, image_notice_id=record.notice_id)
 
     async def adopt(self, pid: int) -> None:
         """A QEMU of ours outlived its agent: take it over instead of booting a second VM."""
@@ -199,7 +257,7 @@ class Agent:
                              "`pinnace stop` ends it", kill=False)
             raise
 
-    async def _bring_up(self, machine: Machine, booting: bool) -> None:
+    async def _bring_up(self, machine: Machine, booting: bool, judge: bool = False) -> None:
         self._watch(self.driver.follow_events(self._on_vm_event), "qmp-events")
         self._watch(self._watch_qemu(), "qemu-exit")
         if booting:
@@ -217,11 +275,32 @@ class Agent:
             reach.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
         await self.link.attach(self.driver.hmp, machine.ssh_port, deadline)
+        if judge:
+            self.board.stage("checking the new guest image")
+            await image_health.check(self.link.open_engine_channel, self.link.ssh, deadline)
+        self._engine_settled()
         self.board.update(ready_at=time.time())
         self.board.stage("ready")
         self.board.to(State.RUNNING, "engine ready")
         self._watch(self.clock.follow(), "clock")
         self._watch(self.link.keep_alive(), "ssh-keepalive")
+
+    def _engine_settled(self) -> None:
+        """The engine answers: show its proxy, CAs and configuration warning; keep the user's
+        configuration as last good unless the guest fell back from it."""
+        setup = self.driver.engine_setup
+        if setup is None:  # an adopted VM: the previous agent's facts stand
+            return
+        refused = engine_setup.refusal(bootlog.last_lines(self.paths.serial_log, 400, window=256 << 10))
+        warning = setup.warning
+        if refused:
+            warning = (f"dockerd refused engine.json ({refused}): the engine runs with its last good "
+                       f"configuration; fix it with `pinnace config engine`")
+            log.error("%s", warning)
+        else:
+            engine_setup.remember_good(self.paths, self.platform, setup.user)
+        self.board.update(engine_proxy=setup.proxy.describe(), engine_ca=setup.ca.describe(),
+                          engine_config_warning=warning)
 
     def _watch(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -3,8 +3,9 @@
 One SSH transport to the guest's sshd (pinned host key), the engine-socket forwarder on the host
 (a private unix socket, or a named pipe where the platform has no unix sockets for docker), the
 engine's readiness (`/_ping`, then `/version`), published ports (QMP hostfwd kept equal to the
-containers' ports), the hint for bind mounts outside the shares, and the host file changes under
-bind-mounted shares replayed as inotify events in the guest (file_events.py). Failures are raised with their
+containers' ports; the agent relays IPv6 ones, with a guest relay over this link when needed),
+the hint for bind mounts outside the shares, and the host file changes under bind-mounted
+shares replayed as inotify events in the guest (file_events.py). Failures are raised with their
 cause; `close` never blocks longer than its bounds, even against a dead or paused guest.
 """
 
@@ -164,7 +165,8 @@ class EngineLink:
             reserved={("tcp", "127.0.0.1", ssh_port)},
             on_change=lambda entries: self.board.update(port_forwards=entries),
             on_new_container=mounts.BindHinter(shares),
-            on_binds=self.file_events.follow if self.file_events else None)
+            on_binds=self.file_events.follow if self.file_events else None,
+            guest_command=self.open_guest_command)
         self.ports.start()
 
     async def keep_endpoint(self) -> None:

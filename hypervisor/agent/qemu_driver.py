@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypervisor import accel, bootlog, disk, mounts, process, virtiofsd
-from hypervisor.agent import guest_image
+from hypervisor.agent import engine_setup, guest_image
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.errors import MachineError, MonitorError, PinnaceError
 from hypervisor.hostinfo import guest_arch, host_arch
@@ -104,6 +104,7 @@ class QemuDriver:
         self.paused = False  # QEMU has the VM stopped (QMP STOP without a RESUME yet)
         self.qemu_log = paths.log_dir / "qemu.log"
         self.qemu_log_offset = bootlog.SerialTail.end_of(self.qemu_log)
+        self.engine_setup: engine_setup.EngineSetup | None = None  # this boot's engine files
         # Waiting for and ending processes never queues behind engine or SSH calls that a dead or
         # paused guest left hanging in the loop's default executor.
         self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qemu-driver")
@@ -113,8 +114,13 @@ class QemuDriver:
 
     # --- booting ---------------------------------------------------------------------------
 
-    async def boot(self) -> Machine:
-        """Check, prepare and spawn QEMU; returns once QMP answers (the guest is still booting)."""
+    def locate_image(self) -> guest_image.GuestImage:
+        """The installed image for this instance's guest architecture (not yet verified)."""
+        return guest_image.locate(guest_arch(self.env))
+
+    async def boot(self, image: guest_image.GuestImage | None = None) -> Machine:
+        """Check, prepare and spawn QEMU booting `image` (default: the installed one, verified
+        here; a slot's image comes verified); returns once QMP answers (the guest still boots)."""
         loop = asyncio.get_running_loop()
         self.expect_exit = self.guest_shutdown = self.paused = False
         self.board.stage("checking QEMU and the image")
@@ -124,8 +130,11 @@ class QemuDriver:
         qemu = await loop.run_in_executor(None, QemuBinary.probe, qemu_path)
         qemu_img = find_qemu_img(os_name, self.env, shutil.which, Path.is_file, near=qemu_path)
         settings = self._load_settings(qemu_img)
-        image = guest_image.locate(arch)
-        await loop.run_in_executor(None, guest_image.verify, image)
+        if image is None:
+            image = guest_image.locate(arch)
+            await loop.run_in_executor(None, guest_image.verify, image)
+        elif image.manifest.arch != arch:
+            raise guest_image.ImageError(f"the image in {image.directory} is for {image.manifest.arch}, not {arch}")
         kernel, initrd = image.path("kernel"), image.path("initrd")
 
         self.board.stage("choosing the accelerator")
@@ -147,6 +156,8 @@ class QemuDriver:
         rt = self.paths.runtime_dir
         self.platform.write_private_text(rt / "authorized_keys", authorized_keys_line(keys.client_public) + "\n")
         self.platform.write_private_text(rt / "hostname", f"pinnace-{self.paths.instance}\n")
+        self.engine_setup = await loop.run_in_executor(
+            None, engine_setup.prepare, self.paths, settings, self.platform, self.env)
         shares, daemon = await loop.run_in_executor(None, self._plan_shares, settings)
         self.platform.write_private_text(self.paths.shares_record, mounts.fw_cfg_text(shares))
         done = disk.ensure(qemu_img, self.paths.data_disk, settings.disk_gib)
@@ -166,7 +177,8 @@ class QemuDriver:
                     ("opt/pinnace/authorized_keys", rt / "authorized_keys"),
                     ("opt/pinnace/hostname", rt / "hostname"),
                     ("opt/pinnace/data_fresh", rt / "data_fresh"),
-                    (mounts.FW_CFG_NAME, self.paths.shares_record)),
+                    (mounts.FW_CFG_NAME, self.paths.shares_record),
+                    *self.engine_setup.fw_cfg),
             serial_log=self.paths.serial_log, qmp_socket=self.qmp_address(fresh=True),
             pidfile=self.paths.qemu_pidfile, shares=tuple(shares), share_socket_dir=self.paths.socket_dir,
         )
@@ -234,6 +246,7 @@ class QemuDriver:
         log.info("adopting running QEMU pid %d", pid)
         self.expect_exit = self.guest_shutdown = self.paused = False
         self.pid, self.proc = pid, None
+        self.engine_setup = None
         self.board.update(qemu_pid=pid)
         keys = ensure_instance_keys(self.paths.keys_dir, self.paths.instance)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 from pathlib import Path
 
+from app.tray import notices
 from app.tray.notices import CLOCK_TITLE, clock_notice, notice_for, settled, start_failed
 from app.tray.prefs import TrayPrefs, quit_plan
 from hypervisor.control import Status
@@ -171,3 +172,29 @@ def test_prefs_round_trip(tmp_path: Path) -> None:
     assert TrayPrefs.load(tmp_path / "cfg").quit_action == "keep"
     (tmp_path / "cfg" / "tray.json").write_text("{broken")
     assert TrayPrefs.load(tmp_path / "cfg").quit_action == "ask"
+
+
+def test_image_notices_are_shown_once_per_id() -> None:
+    updated = Status("default", state="running", image_notice="guest image updated to 2.0 (ab) (was 1.0 (cd))",
+                     image_notice_id=3)
+    note, told = notices.image_notice(2, updated)
+    assert note is not None and note.title == notices.IMAGE_UPDATED_TITLE and told == 3 and not note.warning
+    assert notices.image_notice(told, updated) == (None, 3)
+    rolled = Status("default", state="running", image_notice_id=4,
+                    image_notice="rolled back to 1.0 (cd): image 2.0 (ab) failed: the guest powered off by itself")
+    note, told = notices.image_notice(told, rolled)
+    assert note is not None and note.title == notices.IMAGE_ROLLED_BACK_TITLE and note.warning and told == 4
+    assert "powered off" in note.message
+    assert notices.image_notice(4, None) == (None, 4)
+
+
+def test_the_told_image_notice_is_kept_in_the_tray_prefs(tmp_path) -> None:  # noqa: ANN001
+    from app.tray.prefs import TrayPrefs
+
+    prefs = TrayPrefs.load(tmp_path)
+    assert prefs.image_notice_told == 0
+    prefs.image_notice_told = 7
+    prefs.save(tmp_path)
+    assert TrayPrefs.load(tmp_path).image_notice_told == 7
+    (tmp_path / "tray.json").write_text('{"image_notice_told": "x"}')
+    assert TrayPrefs.load(tmp_path).image_notice_told == 0

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from hypervisor.agent.agent import Agent
+from hypervisor.agent.guest_image import GuestImage, ImageError
 from hypervisor.agent.qemu_driver import Machine
 from hypervisor.agent.recovery import RestartPolicy
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.control import Status
 from hypervisor.errors import MachineError, PinnaceError, SSHError, StateError
+from hypervisor.hostinfo import guest_arch
 from hypervisor.paths import Paths
+from vmimage import manifest as image_manifest
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,6 +27,8 @@ MACHINE = Machine(pid=4242, ssh_port=2222, host_public="ssh-ed25519 AAAA", clien
 
 class FakeDriver:
     """Records what the agent asked of the VM; `exited` ends a running QEMU from the test."""
+
+    engine_setup = None
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -36,13 +41,24 @@ class FakeDriver:
         self.dies_while_booting = False
         self.guest_shutdown = False
         self.on_event = None  # the agent's QMP event handler, to play events from a test
+        self.image_dir: Path | None = None  # the "installed" image (make_image)
+        self.booted: list[str] = []  # the image version of each boot
+        self.broken_versions: set[str] = set()
 
-    async def boot(self) -> Machine:
+    def locate_image(self) -> GuestImage:
+        if self.image_dir is None:
+            raise ImageError("no guest image in this test")
+        return GuestImage(self.image_dir, image_manifest.load(self.image_dir))
+
+    async def boot(self, image: GuestImage | None = None) -> Machine:
         self.calls.append("boot")
+        self.booted.append(image.manifest.version if image is not None else "")
         self.expect_exit = False
         self.exited = asyncio.Event()
         if self.boot_error:
             raise self.boot_error
+        if image is not None and image.manifest.version in self.broken_versions:
+            raise MachineError(f"the guest failed to boot: version {image.manifest.version} is broken")
         self.running = True
         return MACHINE
 
@@ -103,6 +119,8 @@ class FakeDriver:
 
 
 class FakeLink:
+    ssh = None
+
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.attach_error: PinnaceError | None = None
@@ -130,6 +148,23 @@ class FakeLink:
     def open_guest_command(self, command: str):  # noqa: ANN201 - the clock keeper's way in
         raise SSHError("no guest in this test")
 
+    def open_engine_channel(self):  # noqa: ANN201 - the image health check's way in
+        raise SSHError("no engine in this test")
+
+
+def make_image(directory: Path, version: str, arch: str) -> Path:
+    """A tiny image with a real manifest (its artefacts are a few bytes each)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = {}
+    for kind, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.img"),
+                       ("cmdline", "cmdline")):
+        (directory / name).write_bytes(f"{kind} of {version}".encode())
+        artifacts[kind] = image_manifest.describe(directory / name)
+    image_manifest.save(directory, image_manifest.Manifest(
+        name="pinnace", version=version, arch=arch, suite="trixie", kernel_version="6.12-test",
+        kernel_config_sha256="0" * 64, cmdline="quiet", artifacts=artifacts))
+    return directory
+
 
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
@@ -137,6 +172,7 @@ class Harness:
         self.paths.ensure_dirs()
         self.board = StatusBoard(Status(instance="lc"), self.paths.state_file)
         self.driver = FakeDriver()
+        self.driver.image_dir = make_image(tmp_path / "installed", "1.0", guest_arch())
         self.link = FakeLink()
         self.agent = Agent(self.paths, driver=self.driver, link=self.link, board=self.board)  # type: ignore[arg-type]
         self.queue = self.board.watch()
@@ -466,3 +502,99 @@ def test_the_board_refuses_illegal_moves_and_unknown_facts(tmp_path: Path) -> No
         board.update(state="running")
     assert not board.try_to(State.STOPPING, "why")
     assert board.status.state == "stopped"
+
+
+# --- new guest images: boot, judge, commit or roll back (image_slots) --------------------------
+
+
+def _install(h: Harness, tmp_path: Path, version: str) -> None:
+    h.driver.image_dir = make_image(tmp_path / f"installed-{version}", version, guest_arch())
+
+
+def _healthy(monkeypatch: pytest.MonkeyPatch, verdict: PinnaceError | None = None) -> list[str]:
+    checked: list[str] = []
+
+    async def check(open_channel, ssh, deadline) -> None:  # noqa: ANN001
+        checked.append("checked")
+        if verdict is not None:
+            raise verdict
+
+    monkeypatch.setattr("hypervisor.agent.image_health.check", check)
+    return checked
+
+
+def test_an_updated_image_boots_is_judged_and_becomes_known_good(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    checked = _healthy(monkeypatch)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        assert h.board.status.image_version == "1.0" and h.board.status.image_role == "known good"
+        assert checked == []  # a first image has nothing to fall back to: ready is enough
+        _install(h, tmp_path, "2.0")
+        await h.agent.operate("restart")
+        assert h.driver.booted == ["1.0", "2.0"] and checked == ["checked"]
+        status = h.board.status
+        assert (status.image_version, status.image_role, status.state) == ("2.0", "known good", "running")
+        assert "updated to 2.0" in status.image_notice and status.image_notice_id == 1
+        record = h.agent.slots.load()
+        assert record.previous and record.known_good != record.previous
+
+    run(scenario())
+
+
+def test_a_candidate_that_fails_to_boot_rolls_back_without_an_error_state(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    _healthy(monkeypatch)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        _install(h, tmp_path, "2.0")
+        h.driver.broken_versions = {"2.0"}
+        h.states()
+        await h.agent.operate("restart")
+        assert h.driver.booted == ["1.0", "2.0", "1.0"]
+        assert h.driver.calls[-3:] == ["boot", "kill", "boot"]
+        assert h.states() == ["stopping", "stopped", "starting", "running"]  # never "error"
+        status = h.board.status
+        assert status.image_version == "1.0" and status.image_role == "known good"
+        assert "rolled back to 1.0" in status.image_notice and "version 2.0 is broken" in status.image_notice
+        # the failed image is not tried again at the next start
+        await h.agent.operate("restart")
+        assert h.driver.booted[-1] == "1.0" and "is not booted" in h.board.status.image_note
+
+    run(scenario())
+
+
+def test_a_candidate_that_fails_its_health_check_rolls_back(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from hypervisor.agent.image_health import HealthError
+
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        _install(h, tmp_path, "2.0")
+        _healthy(monkeypatch, HealthError("health check failed: the data disk is not mounted at /data"))
+        await h.agent.operate("restart")
+        assert h.driver.booted == ["1.0", "2.0", "1.0"] and h.board.status.state == "running"
+        assert "not mounted at /data" in h.board.status.image_notice
+
+    run(scenario())
+
+
+def test_when_the_fallback_fails_too_the_candidate_is_not_blamed(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    _healthy(monkeypatch)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        _install(h, tmp_path, "2.0")
+        h.driver.broken_versions = {"2.0", "1.0"}
+        with pytest.raises(PinnaceError, match="failed as well"):
+            await h.agent.operate("restart")
+        assert h.board.status.state == "error"
+        assert h.agent.slots.load().failed == {}  # 2.0 stays a candidate for the next start
+        h.driver.broken_versions = set()
+        await h.agent.operate("restart")
+        assert h.driver.booted[-1] == "2.0" and h.board.status.image_role == "known good"
+
+    run(scenario())
