@@ -248,7 +248,8 @@ class TrayApp(QObject):
         except PinnaceError as exc:
             QMessageBox.warning(None, "Pinnace Settings", f"The settings file is invalid:\n{exc}")
             return None
-        dialog = SettingsDialog(current, self.host_facts, self._current_disk_gib(current), self.status)
+        dialog = SettingsDialog(current, self.host_facts, self._current_disk_gib(current), self.status,
+                                paths=self.paths)
         dialog.saved.connect(lambda new, restart: self.save_settings(current, new, restart))
         self.settings_dialog = dialog
         dialog.show()

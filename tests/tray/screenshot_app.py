@@ -1,12 +1,14 @@
 """Run under a real X display with a tray host (see test_tray_screenshots.py): shows the tray
-icon, opens its menu, the dashboard, the reset dialog and the Troubleshoot window, and captures
-each with `import`.
+icon, opens its menu, the dashboard, the reset dialog, the Troubleshoot window and each tab of the
+Settings dialog, and captures each with `import`.
 
 Status and engine data are sample values: this checks what the widgets look like, not the agent.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -20,14 +22,19 @@ from app.tray.controller import InstanceController
 from app.tray.dashboard import Dashboard
 from app.tray.dashboard_model import EngineSnapshot, container_row, image_row
 from app.tray.reset_dialog import ResetDialog
+from app.tray.settings_dialog import SettingsDialog
 from app.tray.tray import TrayApp
 from app.tray.troubleshoot import TroubleshootDialog
 from app.tray.troubleshoot_model import summary_text
+from hypervisor import settings as settings_mod
 from hypervisor.engine import EngineUsage
+from hypervisor.engine_config import ENGINE_FILE
 from hypervisor.operations import ResetPreview
 from hypervisor.paths import Paths
+from hypervisor.settings import HostFacts, Share
 from tests.tray.fakes import SAMPLE_CHECKS, FakeDiagnose
 from tests.tray.helpers import hold_spare_references, running_status
+from tests.tray.test_tray_settings import make_pem
 
 NOW = int(time.time())
 CONTAINERS = [
@@ -100,6 +107,71 @@ def troubleshoot_shot(app: QApplication, out: Path, paths: Paths) -> bool:
     return ok
 
 
+SETTINGS_HOST = HostFacts(cpus=8, memory_mib=16384, os="linux")
+SETTINGS_TABS = (("General", "settings-general.png"), ("Sharing & ports", "settings-sharing.png"),
+                 ("Network", "settings-network.png"), ("Certificates", "settings-certificates.png"))
+ENGINE_JSON = {"registry-mirrors": ["https://mirror.corp.example"], "log-opts": {"max-size": "10m", "max-file": "3"}}
+ENGINE_TYPO = '{\n  "registry-mirror": ["https://mirror.corp.example"]\n}\n'
+
+
+def sample_settings(home: Path, paths: Paths) -> settings_mod.Settings:
+    """A settings file and an engine.json as a user behind a company proxy would have them."""
+    projects, datasets, certs = home / "projects", home / "datasets", home / "certs"
+    for folder in (projects, datasets, certs):
+        folder.mkdir(parents=True, exist_ok=True)
+    ca = certs / "corp-root-ca.pem"
+    ca.write_text(make_pem())
+    sample = dataclasses.replace(
+        settings_mod.Settings.defaults(SETTINGS_HOST, home=str(home)), cpus=4, memory_mib=4096,
+        shares=[Share(str(projects)), Share(str(datasets), read_only=True)], expose_ports_on_all_interfaces=True,
+        http_proxy="http://proxy.corp.example:3128", https_proxy="http://proxy.corp.example:3128",
+        no_proxy="localhost,127.0.0.1,.corp.example", proxy_from_environment=False, ca_files=[str(ca)],
+        host_ca_additions=True)
+    settings_mod.save(paths.settings_file, sample, SETTINGS_HOST)
+    (paths.config_dir / ENGINE_FILE).write_text(json.dumps(ENGINE_JSON, indent=2) + "\n")
+    return settings_mod.load(paths.settings_file, SETTINGS_HOST)
+
+
+def settings_shots(app: QApplication, out: Path, home: Path, paths: Paths) -> bool:
+    """Each tab as loaded from the files; the Engine tab with its merged view, then with a typo
+    (its error shown, Save off); then the fixed text saved and read back."""
+    loaded = sample_settings(home, paths)
+    dialog = SettingsDialog(loaded, SETTINGS_HOST, 64, running_status(), paths=paths, env={})
+    dialog.resize(640, 560)
+    dialog.move(40, 60)
+    dialog.show()
+    problems = [] if dialog.save_button.isEnabled() else ["Save is off for the sample settings"]
+    for title, name in SETTINGS_TABS:
+        dialog.tabs.setCurrentIndex(dialog.tab_index[title])
+        shot(app, out, name)
+    dialog.tabs.setCurrentIndex(dialog.tab_index["Engine"])
+    dialog.show_merged.setChecked(True)
+    shot(app, out, "settings-engine.png")
+    dialog.engine_text.setPlainText(ENGINE_TYPO)
+    if dialog.save_button.isEnabled() or "'registry-mirror'" not in dialog.errors["engine"].text():
+        problems.append(f"the typo was not refused: {dialog.errors['engine'].text()!r}")
+    shot(app, out, "settings-engine-error.png")
+    dialog.engine_text.setPlainText(ENGINE_TYPO.replace('"registry-mirror"', '"registry-mirrors"'))
+    saved: list[settings_mod.Settings] = []
+    dialog.saved.connect(lambda new, _restart: saved.append(new))
+    dialog.save_button.click()
+    pump(app, 0.2)
+    if saved:
+        settings_mod.save(paths.settings_file, saved[0], SETTINGS_HOST)  # as the tray does with `saved`
+        if settings_mod.load(paths.settings_file, SETTINGS_HOST) != loaded:
+            problems.append("the settings did not read back unchanged")
+        engine = json.loads((paths.config_dir / ENGINE_FILE).read_text())
+        if engine != {"registry-mirrors": ["https://mirror.corp.example"]}:
+            problems.append(f"engine.json was not saved: {engine}")
+    else:
+        problems.append("Save did not emit `saved`")
+    for problem in problems:
+        print(f"settings dialog: {problem}", file=sys.stderr)
+    dialog.close()
+    dialog.deleteLater()
+    return not problems
+
+
 def main() -> int:
     hold_spare_references()
     out, home = Path(sys.argv[1]), Path(sys.argv[2])
@@ -169,6 +241,8 @@ def main() -> int:
     dashboard.deleteLater()
     if not troubleshoot_shot(app, out, paths):
         return 6
+    if not settings_shots(app, out, home, paths):
+        return 7
     tray.dispose()
     pump(app, 0.3)
     return 0

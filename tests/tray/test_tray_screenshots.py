@@ -1,6 +1,7 @@
 """Screenshots under Xvfb with a real tray host (trayer): the icon docks, the menu opens, the
-dashboard, reset dialog and Troubleshoot window render. PNGs land in artifacts/screenshots/ for a
-human to look at."""
+dashboard, reset dialog, Troubleshoot window and every Settings tab render (the settings load from
+files, a refused engine.json key shows its error, the fixed one saves). PNGs land in
+artifacts/screenshots/ for a human to look at."""
 
 from __future__ import annotations
 
@@ -14,20 +15,26 @@ from pathlib import Path
 
 import pytest
 
+from app.tray.settings_dialog import ERROR_STYLE
 from app.tray.troubleshoot_model import COLOURS
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "artifacts" / "screenshots"
 TOOLS = ("Xvfb", "trayer", "import")
 SHOTS = ("tray-icon.png", "tray-menu.png", "dashboard.png", "dashboard-images.png", "reset-dialog.png",
-         "troubleshoot.png")
+         "troubleshoot.png", "settings-general.png", "settings-sharing.png", "settings-network.png",
+         "settings-certificates.png", "settings-engine.png", "settings-engine-error.png")
 # Below trayer's bar (whose icon has colours of its own): where the windows are.
 WINDOWS_AREA = "1024x640+0+40"
+ERROR_RED = ERROR_STYLE.split(":", 1)[1].strip(" ;")  # the inline error labels' colour
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in TOOLS),
-    reason="needs Xvfb, trayer and ImageMagick's import (apt-get install xvfb trayer imagemagick)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in TOOLS),
+        reason="needs Xvfb, trayer and ImageMagick's import (apt-get install xvfb trayer imagemagick)",
+    ),
+    pytest.mark.timeout(240),
+]
 
 
 def _free_display() -> int:
@@ -84,6 +91,8 @@ def test_screenshots(display: dict[str, str], tmp_path: Path) -> None:
         assert path.is_file() and path.stat().st_size > 1000, name
     for outcome in ("pass", "warn", "fail"):  # the coloured marks were drawn, in their colours
         assert _pixels_near(OUT / "troubleshoot.png", COLOURS[outcome]) > 20, f"no {outcome} mark drawn"
+    assert _pixels_near(OUT / "settings-engine-error.png", ERROR_RED) > 20, "no engine.json error drawn"
+    assert _pixels_near(OUT / "settings-engine.png", ERROR_RED) < 5, "an error on valid engine settings"
 
 
 def _pixels_near(png: Path, colour: str) -> int:
