@@ -296,8 +296,15 @@ def meaningful_error(stderr: str) -> str:
     return line
 
 
-def run_probe(argv: list[str], timeout_s: float = 20, grace_s: float = 3) -> ProbeResult:
-    """Boot the probe VM; ok as soon as the guest prints PROBE_MARKER. Kills QEMU on timeout.
+# A hardware accelerator prints the kernel's first console line within milliseconds; one that
+# says nothing for this long is hung (nested KVM without working VMX), not slow.
+SILENT_HANG_S = 5.0
+
+
+def run_probe(argv: list[str], timeout_s: float = 20, grace_s: float = 3,
+              silent_s: float | None = None) -> ProbeResult:
+    """Boot the probe VM; ok as soon as the guest prints PROBE_MARKER. Kills QEMU on timeout, or
+    after `silent_s` without any console output (a hung accelerator is told from a slow one early).
 
     After the marker QEMU gets `grace_s` to exit by itself (the guest powers off) before it is killed.
     """
@@ -332,7 +339,10 @@ def run_probe(argv: list[str], timeout_s: float = 20, grace_s: float = 3) -> Pro
         reader.start()
 
     deadline = start + timeout_s
+    silent_deadline = start + silent_s if silent_s is not None else deadline
     while not seen.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        if not got_output.is_set() and time.monotonic() >= silent_deadline:
+            break
         seen.wait(0.05)
     elapsed = time.monotonic() - start
     timed_out = proc.poll() is None and not seen.is_set()
@@ -353,7 +363,8 @@ def run_probe(argv: list[str], timeout_s: float = 20, grace_s: float = 3) -> Pro
     if timed_out:
         if got_output.is_set():
             return ProbeResult(False, elapsed, f"guest did not report ready within {timeout_s:g} s")
-        return ProbeResult(False, elapsed, f"no output after {timeout_s:g} s (guest hung)")
+        waited = timeout_s if silent_s is None else min(silent_s, timeout_s)
+        return ProbeResult(False, elapsed, f"no output after {waited:g} s (guest hung)")
     reason = (
         meaningful_error(stderr) or f"QEMU exited with status {proc.returncode} before the guest was ready"
     )

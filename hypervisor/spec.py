@@ -211,7 +211,8 @@ def probe_argv(qemu: Path, arch: str, accel: str, kernel: Path, initrd: Path, ho
     argv += [
         "-kernel", str(kernel),
         "-initrd", str(initrd),
-        "-append", f"{console_arg(arch)} pinnace.probe=1 panic=-1 quiet",
+        # not quiet: the kernel's first lines tell a hung accelerator from a slow one (accel.SILENT_HANG_S)
+        "-append", f"{console_arg(arch)} pinnace.probe=1 panic=-1",
         "-serial", "stdio",
     ]  # fmt: skip
     return argv

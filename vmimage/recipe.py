@@ -17,6 +17,9 @@ DEFAULT_RECIPE = Path(__file__).with_name("image.toml")
 ARCHES = ("x86_64", "aarch64")
 
 
+ROOTFS_COMPRESSIONS = ("xz", "zstd", "gzip", "lz4", "none")
+
+
 @dataclass(frozen=True)
 class GuestFile:
     source: str
@@ -181,8 +184,9 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
     )
     for t in (image, kernel, packages, rootfs, initrd, services):
         t.done()
-    if recipe.compression not in ("xz", "zstd", "gzip"):
-        raise RecipeError(f"{file}: rootfs.compression: must be xz, zstd or gzip, got {recipe.compression!r}")
+    if recipe.compression not in ROOTFS_COMPRESSIONS:
+        raise RecipeError(f"{file}: rootfs.compression: must be one of {', '.join(ROOTFS_COMPRESSIONS)}, "
+                          f"got {recipe.compression!r}")
     if recipe.initrd_compression not in ("zstd", "gzip"):
         raise RecipeError(f"{file}: initrd.compression: must be zstd or gzip")
     for dest, guest in recipe.files.items():

@@ -180,6 +180,10 @@ def mksquashfs_argv(source: Path, output: Path, compression: str, block_size: st
         argv += ["-Xbcj", XZ_BCJ[arch]]
     elif compression == "zstd":
         argv += ["-Xcompression-level", "19"]
+    elif compression == "lz4":
+        argv += ["-Xhc"]  # high compression: smaller, and decompresses as fast
+    elif compression == "none":
+        argv[argv.index("-comp"):argv.index("-comp") + 2] = ["-noI", "-noD", "-noF", "-noX"]
     return argv
 
 

@@ -85,6 +85,8 @@ class Agent:
         self.restarts = RestartPolicy()
         self._io_error: dict[str, Any] | None = None  # QEMU's last BLOCK_IO_ERROR before a pause
         self._space_watch: asyncio.Task[None] | None = None
+        # while a candidate image boots: set with QEMU's exit reason, for _boot_candidate
+        self._candidate_exit: tuple[asyncio.Event, list[str]] | None = None
         self._servers: list[asyncio.AbstractServer] = []
 
     # --- control operations ----------------------------------------------------------------
@@ -183,14 +185,15 @@ class Agent:
         try:
             plan = await loop.run_in_executor(None, self.slots.plan, self.driver.locate_image)
             self._show_image(plan)
-            try:
+            if plan.fallback is None:
                 machine = await self.driver.boot(plan.image)
-                await self._bring_up(machine, booting=True, judge=plan.fallback is not None)
-            except PinnaceError as exc:
-                if not plan.candidate or plan.fallback is None:
-                    raise
-                await self._roll_back(plan, exc)
-                return
+                await self._bring_up(machine, booting=True)
+            else:
+                try:
+                    await self._boot_candidate(plan)
+                except PinnaceError as exc:
+                    await self._roll_back(plan, exc)
+                    return
             if plan.candidate:
                 await loop.run_in_executor(None, self.slots.commit, plan)
                 self._show_image(BootPlan(plan.image, plan.fingerprint, False))
@@ -203,6 +206,33 @@ class Agent:
             log.exception("boot failed")
             await self._fail(f"unexpected error: {exc}", kill=True)
             raise MachineError("start failed", exc) from exc
+
+    async def _boot_candidate(self, plan: BootPlan) -> None:
+        """Boot and judge a candidate image; its QEMU exiting meanwhile (a kernel panic) ends the
+        attempt at once, as a failure for the rollback to name, not as the instance's error."""
+        exited = asyncio.Event()
+        self._candidate_exit = (exited, [])
+
+        async def up() -> None:
+            machine = await self.driver.boot(plan.image)
+            await self._bring_up(machine, booting=True, judge=True)
+
+        work = asyncio.ensure_future(up())
+        died = asyncio.ensure_future(exited.wait())
+        try:
+            await asyncio.wait({work, died}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, PinnaceError):
+                    await work
+                raise MachineError(self._candidate_exit[1][0] if self._candidate_exit[1] else "QEMU exited")
+            work.result()
+        except BaseException:
+            work.cancel()
+            raise
+        finally:
+            died.cancel()
+            self._candidate_exit = None
 
     async def _roll_back(self, plan: BootPlan, failure: PinnaceError) -> None:
         """The candidate failed to boot or to pass its health check: end that VM, remember why
@@ -318,6 +348,10 @@ class Agent:
         (the restart is the boot task, so a user's stop or start meanwhile cancels or waits it)."""
         reason = await self.driver.wait_exit()
         if self.driver.expect_exit:
+            return
+        if self._candidate_exit is not None and self.board.state is State.STARTING:
+            self._candidate_exit[1].append(reason)  # the candidate's boot reports and rolls back
+            self._candidate_exit[0].set()
             return
         log.error("%s", reason)
         was_up = self.board.state in (State.RUNNING, State.PAUSED)

@@ -142,7 +142,8 @@ class QemuDriver:
                                        image.manifest.artifacts["kernel"].sha256)
 
         def probe(name: str) -> accel.ProbeResult:
-            return accel.run_probe(probe_argv(qemu.path, arch, name, kernel, initrd, os_name))
+            silent = None if name == "tcg" else accel.SILENT_HANG_S
+            return accel.run_probe(probe_argv(qemu.path, arch, name, kernel, initrd, os_name), silent_s=silent)
 
         verdict = await loop.run_in_executor(
             None, lambda: accel.choose(settings.accel, os_name, qemu.accelerators, probe,

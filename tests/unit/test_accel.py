@@ -244,3 +244,23 @@ def test_run_probe_timeout_with_output() -> None:
 def test_run_probe_missing_binary(tmp_path: Path) -> None:
     result = run_probe([str(tmp_path / "nope")], timeout_s=1)
     assert not result.ok and "cannot run" in result.reason
+
+
+def test_a_silent_accelerator_is_called_hung_early() -> None:
+    start = time.monotonic()
+    result = run_probe(fake_qemu("import time; time.sleep(60)"), timeout_s=20, silent_s=0.5)
+    assert not result.ok and "guest hung" in result.reason
+    assert time.monotonic() - start < 5
+
+
+def test_a_slow_guest_that_talks_gets_the_whole_timeout() -> None:
+    code = "import time; print('Linux version', flush=True); time.sleep(1.2); print('PINNACE-PROBE-OK', flush=True)"
+    result = run_probe(fake_qemu(code), timeout_s=10, silent_s=0.5)
+    assert result.ok, result.reason
+
+
+def test_the_probe_kernel_is_not_quiet() -> None:
+    from hypervisor.spec import probe_argv
+
+    argv = probe_argv(Path("/usr/bin/qemu-system-x86_64"), "x86_64", "kvm", Path("/k"), Path("/i"), "linux")
+    assert " quiet" not in argv[argv.index("-append") + 1]

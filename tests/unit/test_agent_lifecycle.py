@@ -598,3 +598,29 @@ def test_when_the_fallback_fails_too_the_candidate_is_not_blamed(tmp_path: Path,
         assert h.driver.booted[-1] == "2.0" and h.board.status.image_role == "known good"
 
     run(scenario())
+
+
+def test_a_candidate_whose_qemu_dies_while_booting_rolls_back_instead_of_failing(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001, E501
+    _healthy(monkeypatch)
+
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        await h.agent.boot()
+        _install(h, tmp_path, "2.0")
+        real_wait = h.driver.wait_for_guest
+
+        async def panics(deadline: float) -> None:
+            if h.driver.booted[-1] == "2.0":
+                h.driver.exit_reason_text = "the guest powered off by itself"
+                h.driver.die()  # the exit watcher sees it first; the boot step would wait on
+                await asyncio.sleep(3600)
+            await real_wait(deadline)
+
+        h.driver.wait_for_guest = panics
+        h.states()
+        await h.agent.operate("restart")
+        assert h.driver.booted == ["1.0", "2.0", "1.0"]
+        assert "error" not in h.states() and h.board.status.state == "running"
+        assert "powered off by itself" in h.board.status.image_notice
+
+    run(scenario())

@@ -138,3 +138,19 @@ def test_initrd_contains_only_busybox_and_init() -> None:
     names = {e.name for e in initrd_entries(b"BB", b"#!/bin/busybox sh\n")}
     assert {"init", "bin/busybox", "dev/console"} <= names
     assert not any(n.startswith(("usr", "lib")) for n in names)
+
+
+def test_mksquashfs_argv_for_lz4_and_uncompressed() -> None:
+    lz4 = rootfs.mksquashfs_argv(Path("/src"), Path("/out"), "lz4", "1M", "x86_64")
+    assert lz4[lz4.index("-comp") + 1] == "lz4" and "-Xhc" in lz4
+    none = rootfs.mksquashfs_argv(Path("/src"), Path("/out"), "none", "1M", "x86_64")
+    assert "-comp" not in none and {"-noI", "-noD", "-noF", "-noX"} <= set(none)
+
+
+def test_the_default_recipe_uses_lz4_and_the_kernel_reads_it() -> None:
+    from vmimage.recipe import DEFAULT_RECIPE, load_recipe
+
+    assert load_recipe(DEFAULT_RECIPE).compression == "lz4"
+    for arch in ("x86_64", "aarch64"):
+        config = (DEFAULT_RECIPE.parent / "kernel" / f"{arch}.config").read_text()
+        assert "CONFIG_SQUASHFS_LZ4=y" in config
