@@ -276,6 +276,19 @@ def merged(user: Mapping[str, Any], proxy: Proxy) -> dict[str, Any]:
     return config
 
 
+def profile_lines(proxy: Proxy) -> str:
+    """The proxy for the guest's own shell tools (`pinnace ssh`): /etc/profile's exports."""
+    import shlex
+
+    values = {"http_proxy": for_guest(proxy.http), "https_proxy": for_guest(proxy.https),
+              "no_proxy": proxy.no_proxy}
+    lines = []
+    for name, value in values.items():
+        if value:
+            lines += [f"export {name}={shlex.quote(value)}", f"export {name.upper()}={shlex.quote(value)}"]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def render(config: Mapping[str, Any]) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 

@@ -73,6 +73,9 @@ def prepare(paths: Paths, settings: Settings, platform: Platform, env: Mapping[s
     for name, path, config in files:
         platform.write_private_text(path, engine_config.render(config))
         setup.fw_cfg.append((name, path))
+    if not proxy.empty:
+        platform.write_private_text(rt / "proxy.sh", engine_config.profile_lines(proxy))
+        setup.fw_cfg.append(("opt/pinnace/proxy.sh", rt / "proxy.sh"))
     if ca.count:
         platform.write_private_text(rt / "ca.pem", ca.text)
         setup.fw_cfg.append(("opt/pinnace/ca.pem", rt / "ca.pem"))

@@ -99,6 +99,8 @@ def test_ca_proxy_mirror_and_insecure_registry_settings_apply_at_restart(world: 
     assert "1 extra CA certificate(s)" in status["engine_ca"]
     assert f"https http://127.0.0.1:{world.proxy.port}" in status["engine_proxy"]
     assert status["engine_config_warning"] == ""
+    shell = ok(vm.pinnace("ssh", "--", "sh", "-c", "'. /etc/profile; echo $https_proxy'"))
+    assert shell.strip() == f"http://10.0.2.2:{world.proxy.port}"  # the guest's own tools too
 
     before = world.proxy.log_text().count(f"host.docker.internal:{world.tls.port}")
     push_pull(vm, f"{world.tls.address}/team/app:1")  # TLS with the CA, through the proxy

@@ -137,7 +137,9 @@ def test_a_boot_hands_the_guest_the_merged_file_its_fallback_and_the_cas(tmp_pat
     settings.ca_files, settings.https_proxy = [str(ca)], "http://127.0.0.1:3128"
     setup = engine_setup.prepare(paths, settings, current(), {})
     names = [name for name, _ in setup.fw_cfg]
-    assert names == ["opt/pinnace/engine.json", "opt/pinnace/engine_last_good.json", "opt/pinnace/ca.pem"]
+    assert names == ["opt/pinnace/engine.json", "opt/pinnace/engine_last_good.json", "opt/pinnace/proxy.sh",
+                     "opt/pinnace/ca.pem"]
+    assert "export https_proxy=http://10.0.2.2:3128" in (paths.runtime_dir / "proxy.sh").read_text()
     sent = json.loads((paths.runtime_dir / "engine.json").read_text())
     assert sent["registry-mirrors"] == ["http://m:5000"] and sent["proxies"]["https-proxy"] == "http://10.0.2.2:3128"
     fallback = json.loads((paths.runtime_dir / "engine_last_good.json").read_text())
@@ -176,3 +178,10 @@ def test_the_guest_validation_command_and_its_answer() -> None:
     assert engine_validate.refusal_reason(output) == \
         "the following directives don't match any configuration option: nope"
     assert engine_validate.refusal_reason("") == "dockerd refused it"
+
+
+def test_the_guests_shell_gets_the_proxy_quoted() -> None:
+    text = engine_config.profile_lines(Proxy("http://u:p$w@127.0.0.1:3128", "", "a.example,b.example"))
+    assert "export http_proxy='http://u:p$w@10.0.2.2:3128'" in text and "export HTTP_PROXY=" in text
+    assert "export no_proxy=a.example,b.example" in text and "https_proxy" not in text
+    assert engine_config.profile_lines(Proxy()) == ""
