@@ -60,17 +60,10 @@ def status_of(instance: Instance) -> dict[str, Any]:
 
 
 def guest(instance: Instance, command: str, timeout: float = 30.0) -> str:
-    """A command in the instance's guest over SSH with its pinned keys (as tests/guestexec does)."""
-    from hypervisor.keys import ensure_instance_keys
-    from hypervisor.ssh import GuestSSH, SSHTarget
+    """A command in the guest (tests/guestexec.run_in)."""
     from tests import guestexec
 
-    keys = ensure_instance_keys(instance.paths.keys_dir, instance.name)
-    port = int(status_of(instance)["ssh_port"])
-    with GuestSSH(SSHTarget("127.0.0.1", port, "root", keys.client_key, keys.host_public, instance.name)) as ssh:
-        done = guestexec.run(ssh, command, timeout=timeout)
-    assert done.exit_status == 0, (command, done.stdout, done.stderr)
-    return done.stdout.decode()
+    return guestexec.run_in(instance, command, timeout)
 
 
 def started(instance: Instance) -> None:

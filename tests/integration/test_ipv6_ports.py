@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,22 +18,13 @@ import pytest
 
 from hypervisor.ports import GUEST_RELAY_ADDR
 from tests.conftest import Instance
-from tests.integration.test_ports_mounts import HTTPD, UDP_ECHO_C, forwards
+from tests.integration.test_ports_mounts import HTTPD, build_udp_echo, forwards
+from tests.netcheck import needs_ipv6
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.vm]
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="the host has no IPv6 loopback")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -67,18 +57,10 @@ def refused(host: str, port: int) -> bool:
 
 
 def guest(vm: Instance, command: str, timeout: float = 30.0) -> str:
-    """A command in the guest over SSH with the instance's pinned keys."""
-    from hypervisor.keys import ensure_instance_keys
-    from hypervisor.ssh import GuestSSH, SSHTarget
+    """A command in the guest (tests/guestexec.run_in)."""
     from tests import guestexec
-    from tests.integration.test_ports_mounts import status_of
 
-    keys = ensure_instance_keys(vm.paths.keys_dir, vm.name)
-    port = int(status_of(vm)["ssh_port"])
-    with GuestSSH(SSHTarget("127.0.0.1", port, "root", keys.client_key, keys.host_public, vm.name)) as ssh:
-        done = guestexec.run(ssh, command, timeout=timeout)
-    assert done.exit_status == 0, (command, done.stdout, done.stderr)
-    return done.stdout.decode()
+    return guestexec.run_in(vm, command, timeout)
 
 
 def guest_relays(vm: Instance) -> list[str]:
@@ -146,11 +128,7 @@ def udp_echo(port: int, payload: bytes) -> bytes:
 @pytest.mark.timeout(600)
 def test_udp_on_ipv6_loopback(vm_instance: Instance, busybox: str, host_dir: Path) -> None:
     # busybox's nc has no -u and the image's busybox has no udpsvd: a tiny static UDP echo server.
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the UDP echo server")
-    source = host_dir / "udpecho.c"
-    source.write_text(UDP_ECHO_C)
-    subprocess.run(["gcc", "-static", "-Os", "-o", str(host_dir / "udpecho"), str(source)], check=True)
+    build_udp_echo(host_dir)
     vm = vm_instance
     port = free_port(socket.SOCK_DGRAM)
     name = f"udp6-{uuid.uuid4().hex[:6]}"

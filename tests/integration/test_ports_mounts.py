@@ -119,6 +119,16 @@ int main(int argc, char **argv) {
 """
 
 
+def build_udp_echo(host_dir: Path) -> Path:
+    """A tiny static UDP echo server (busybox's nc has no -u), for containers to run from `host_dir`."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the UDP echo server")
+    source = host_dir / "udpecho.c"
+    source.write_text(UDP_ECHO_C)
+    subprocess.run(["gcc", "-static", "-Os", "-o", str(host_dir / "udpecho"), str(source)], check=True)
+    return host_dir / "udpecho"
+
+
 def udp_echo(port: int, payload: bytes) -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
@@ -129,11 +139,7 @@ def udp_echo(port: int, payload: bytes) -> bytes:
 @pytest.mark.timeout(600)
 def test_udp_port(vm_instance, busybox: str, host_dir: Path) -> None:  # noqa: ANN001
     # busybox's static nc has no -u: a tiny static UDP echo server, shared through the bind mount.
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the UDP echo server")
-    source = host_dir / "udpecho.c"
-    source.write_text(UDP_ECHO_C)
-    subprocess.run(["gcc", "-static", "-Os", "-o", str(host_dir / "udpecho"), str(source)], check=True)
+    build_udp_echo(host_dir)
     vm = vm_instance
     port = free_port(socket.SOCK_DGRAM)
     name = f"udp-{uuid.uuid4().hex[:6]}"

@@ -49,6 +49,12 @@ def test_qemu_argv_tb_size_matches_pinnace_and_is_adjustable():
     assert option(kvm, "-accel") == ["kvm"] and option(kvm, "-cpu") == ["host"]
 
 
+def test_qemu_argv_without_snapshot_only_for_the_first_boot():
+    argv = distrovm.qemu_argv(make_vm(), 1, Path("/s"), snapshot=False)
+    assert "-snapshot" not in argv
+    assert "-snapshot" in distrovm.qemu_argv(make_vm(), 1, Path("/s"))
+
+
 def test_qemu_argv_escapes_commas_in_the_disk_path():
     argv = distrovm.qemu_argv(make_vm("/a,b/disk.qcow2"), 1, Path("/s"))
     assert option(argv, "-drive") == ["file=/a,,b/disk.qcow2,if=virtio,format=qcow2"]
@@ -63,6 +69,17 @@ def test_ssh_argv_uses_the_key_on_loopback_without_prompts():
                      "UserKnownHostsFile=/dev/null"):
         assert expected in opts
     assert any(o.startswith("ConnectTimeout=") for o in opts)
+    assert not any(o.startswith("Control") for o in opts)
+
+
+def test_ssh_argv_multiplexes_over_a_control_socket():
+    opts = option(distrovm.ssh_argv(Path("/k"), 1, "true", control=Path("/run/x/ssh.ctl")), "-o")
+    assert "ControlMaster=auto" in opts and "ControlPath=/run/x/ssh.ctl" in opts
+    assert any(o.startswith("ControlPersist=") for o in opts)
+
+
+def test_ready_command_runs_docker_version_once_the_unit_is_up():
+    assert distrovm.READY_COMMAND.startswith("systemctl is-active --quiet docker.service && docker version")
 
 
 def test_config_files_network_for_user_networking():

@@ -11,20 +11,11 @@ import pytest
 from hypervisor import ipv6_relay
 from hypervisor.errors import ForwardError
 from hypervisor.ipv6_relay import GuestRelays, HostRelays, RelaySpec, open_relay
+from tests.netcheck import needs_ipv6
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="the host has no IPv6 loopback")
 
 
 def free_port(family: int = socket.AF_INET6, kind: int = socket.SOCK_STREAM) -> int:
