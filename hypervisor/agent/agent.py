@@ -183,6 +183,7 @@ class Agent:
                           clock_warning="")
         loop = asyncio.get_running_loop()
         try:
+            self.driver.preflight()
             plan = await loop.run_in_executor(None, self.slots.plan, self.driver.locate_image)
             self._show_image(plan)
             if plan.fallback is None:

@@ -114,6 +114,11 @@ class QemuDriver:
 
     # --- booting ---------------------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """Before an image is chosen: a missing QEMU is the first thing to say (MachineError)."""
+        self.board.stage("checking QEMU and the image")
+        find_qemu(guest_arch(self.env), self.platform.os_name, self.env, shutil.which, Path.is_file)
+
     def locate_image(self) -> guest_image.GuestImage:
         """The installed image for this instance's guest architecture (not yet verified)."""
         return guest_image.locate(guest_arch(self.env))

@@ -44,6 +44,11 @@ class FakeDriver:
         self.image_dir: Path | None = None  # the "installed" image (make_image)
         self.booted: list[str] = []  # the image version of each boot
         self.broken_versions: set[str] = set()
+        self.preflight_error: PinnaceError | None = None
+
+    def preflight(self) -> None:
+        if self.preflight_error:
+            raise self.preflight_error
 
     def locate_image(self) -> GuestImage:
         if self.image_dir is None:
@@ -622,5 +627,17 @@ def test_a_candidate_whose_qemu_dies_while_booting_rolls_back_instead_of_failing
         assert h.driver.booted == ["1.0", "2.0", "1.0"]
         assert "error" not in h.states() and h.board.status.state == "running"
         assert "powered off by itself" in h.board.status.image_notice
+
+    run(scenario())
+
+
+def test_a_missing_qemu_is_named_before_a_missing_image(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness(tmp_path)
+        h.driver.image_dir = None
+        h.driver.preflight_error = MachineError("QEMU not found: /nonexistent/qemu")
+        with pytest.raises(PinnaceError, match="/nonexistent/qemu"):
+            await h.agent.boot()
+        assert h.board.status.state == "error" and "/nonexistent/qemu" in h.board.status.reason
 
     run(scenario())
