@@ -44,14 +44,16 @@ def _read_source(name: str | None) -> tuple[str, str]:
         raise UsageError(f"{name}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
 
 
+def _proxy(paths: Paths) -> engine_config.Proxy:
+    """The proxy the engine would get at the next start, as the agent chooses it."""
+    return engine_config.proxy_of(load_settings(paths.settings_file, HostFacts.detect()), os.environ)
+
+
 def check(paths: Paths, text: str, source: str) -> dict[str, Any]:
     """The parsed configuration, or EngineConfigError naming the key (the host's checks, then
     the running guest's dockerd)."""
     user = engine_config.parse(text, source)
-    settings = load_settings(paths.settings_file, HostFacts.detect())
-    proxy = engine_config.choose_proxy(settings.http_proxy, settings.https_proxy, settings.no_proxy,
-                                       settings.proxy_from_environment, os.environ)
-    problem = engine_validate.validate_in_guest(paths, engine_config.merged(user, proxy))
+    problem = engine_validate.validate_in_guest(paths, engine_config.merged(user, _proxy(paths)))
     if problem:
         raise EngineConfigError(f"{source}: dockerd refuses it: {problem}")
     return user
@@ -90,9 +92,7 @@ def run(paths: Paths, args: argparse.Namespace) -> int:
     path = paths.config_dir / engine_config.ENGINE_FILE
     if args.action == "show":
         user = engine_config.load_user(paths.config_dir)
-        settings = load_settings(paths.settings_file, HostFacts.detect())
-        proxy = engine_config.choose_proxy(settings.http_proxy, settings.https_proxy, settings.no_proxy,
-                                           settings.proxy_from_environment, os.environ)
+        proxy = _proxy(paths)
         print(f"# your settings ({path}{'' if path.exists() else ', none yet'}):")
         print(engine_config.render(user), end="")
         print("# what the engine gets (Pinnace's defaults, the proxy, then yours):")

@@ -73,11 +73,7 @@ def _confirm(question: str, yes: bool) -> bool:
 
 def cmd_rollback(paths: Paths, args: argparse.Namespace, restart: Callable[[Paths], int]) -> int:
     slots = ImageSlots(paths)
-    record = slots.load()
-    current, previous = slots.image(record.known_good), slots.image(record.previous)
-    if current is None or previous is None:
-        slots.rollback()  # raises the one-line reason
-    assert current is not None and previous is not None
+    current, previous = slots.rollback_pair()  # SlotError: nothing to roll back to, and why
     status = launcher.current_status(paths)
     running = status.state in ("starting", "running", "paused", "error") and bool(status.agent_pid)
     restart_note = " The VM restarts: running containers stop." if running else ""

@@ -13,11 +13,12 @@ import ipaddress
 import json
 import logging
 import re
+import shlex
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hypervisor.errors import SettingsError
 
@@ -238,6 +239,21 @@ def choose_proxy(http: str, https: str, no_proxy: str, from_environment: bool,
     return Proxy(no_proxy=no_proxy)
 
 
+class ProxySettings(Protocol):
+    """What the proxy is chosen from: hypervisor.settings.Settings, or the tray's form values."""
+
+    http_proxy: str
+    https_proxy: str
+    no_proxy: str
+    proxy_from_environment: bool
+
+
+def proxy_of(settings: ProxySettings, env: Mapping[str, str]) -> Proxy:
+    """The proxy `settings` give, with `env` for what they leave empty (choose_proxy)."""
+    return choose_proxy(settings.http_proxy, settings.https_proxy, settings.no_proxy,
+                        settings.proxy_from_environment, env)
+
+
 def for_guest(url: str) -> str:
     """A proxy URL as the guest must use it: the host's loopback is user networking's host alias."""
     if not url:
@@ -278,8 +294,6 @@ def merged(user: Mapping[str, Any], proxy: Proxy) -> dict[str, Any]:
 
 def profile_lines(proxy: Proxy) -> str:
     """The proxy for the guest's own shell tools (`pinnace ssh`): /etc/profile's exports."""
-    import shlex
-
     values = {"http_proxy": for_guest(proxy.http), "https_proxy": for_guest(proxy.https),
               "no_proxy": proxy.no_proxy}
     lines = []

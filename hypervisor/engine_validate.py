@@ -7,10 +7,10 @@ import base64
 import logging
 
 from hypervisor import engine_config, launcher
+from hypervisor.diagnose.guest import ssh_target
 from hypervisor.errors import PinnaceError
-from hypervisor.keys import ensure_instance_keys
 from hypervisor.paths import Paths
-from hypervisor.ssh import GuestSSH, SSHTarget, run_command
+from hypervisor.ssh import GuestSSH, run_command
 
 log = logging.getLogger("pinnace.engine")
 
@@ -42,10 +42,8 @@ def validate_in_guest(paths: Paths, config: dict) -> str | None:
     status = launcher.current_status(paths)
     if status.state != "running" or not status.ssh_port:
         return None
-    keys = ensure_instance_keys(paths.keys_dir, paths.instance)
-    target = SSHTarget("127.0.0.1", status.ssh_port, "root", keys.client_key, keys.host_public, paths.instance)
     try:
-        with GuestSSH(target) as ssh:
+        with GuestSSH(ssh_target(paths, status.ssh_port)) as ssh:
             done = run_command(ssh, validate_command(engine_config.render(config)), timeout=90)
     except PinnaceError as exc:
         log.warning("cannot ask the guest's dockerd: %s", exc)

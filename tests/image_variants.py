@@ -36,6 +36,21 @@ def derive(source: Path, target: Path, version: str, extra_cmdline: str) -> Path
     return target
 
 
+def tiny(directory: Path, version: str, arch: str = "x86_64", data_format: int = 1, cmdline: str = "quiet") -> Path:
+    """An image of a few bytes per artefact with a real manifest, for the slot logic without a VM
+    (the bytes say which image they are: "<kind> of <version> <cmdline>")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = {}
+    for kind, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.img"),
+                       ("cmdline", "cmdline")):
+        (directory / name).write_bytes(f"{kind} of {version} {cmdline}".encode())
+        artifacts[kind] = image_manifest.describe(directory / name)
+    image_manifest.save(directory, image_manifest.Manifest(
+        name="pinnace", version=version, arch=arch, suite="trixie", kernel_version="6.12-test",
+        kernel_config_sha256="0" * 64, cmdline=cmdline, artifacts=artifacts, data_format=data_format))
+    return directory
+
+
 def corrupt(image: Path, kind: str = "rootfs") -> None:
     """Change bytes of an artefact (same size, new inode) so it no longer matches the manifest."""
     found = image_manifest.load(image)

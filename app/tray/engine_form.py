@@ -85,9 +85,7 @@ def status_line(edit: EngineEdit) -> str:
 def merged_config(edit: EngineEdit, values: FormValues, env: Mapping[str, str]) -> dict[str, Any]:
     """The daemon.json the engine would get at the next start: Pinnace's defaults, the form's
     proxy (or the environment's), then the user's keys (none while the text is refused)."""
-    proxy = engine_config.choose_proxy(values.http_proxy, values.https_proxy, values.no_proxy,
-                                       values.proxy_from_environment, env)
-    return engine_config.merged(edit.user or {}, proxy)
+    return engine_config.merged(edit.user or {}, engine_config.proxy_of(values, env))
 
 
 def merged_text(edit: EngineEdit, values: FormValues, env: Mapping[str, str]) -> str:

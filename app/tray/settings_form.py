@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hypervisor.accel import DISPLAY, HARDWARE
-from hypervisor.engine_config import LINUX_CA_DIRS, MACOS_SYSTEM_KEYCHAIN, choose_proxy
+from hypervisor.engine_config import LINUX_CA_DIRS, MACOS_SYSTEM_KEYCHAIN, proxy_of
 from hypervisor.errors import SettingsError
 from hypervisor.settings import HostFacts, Settings, Share, pem_file_problem, validate
 
@@ -191,7 +191,7 @@ def restart_note(changes: list[str]) -> str:
 
 def environment_proxy_note(values: FormValues, env: Mapping[str, str]) -> str:
     """What the engine would use now for the proxy, so "use the host's environment" is not a guess."""
-    proxy = choose_proxy(values.http_proxy, values.https_proxy, values.no_proxy, values.proxy_from_environment, env)
+    proxy = proxy_of(values, env)
     if proxy.empty:
         if values.proxy_from_environment:
             return "No proxy: none is set here, nor in the host's environment (http_proxy, https_proxy)."

@@ -57,8 +57,7 @@ def prepare(paths: Paths, settings: Settings, platform: Platform, env: Mapping[s
     except EngineConfigError as exc:
         warnings.append(f"{exc}: the engine runs with its last good configuration")
         user = last_good
-    proxy = engine_config.choose_proxy(settings.http_proxy, settings.https_proxy, settings.no_proxy,
-                                       settings.proxy_from_environment, env)
+    proxy = engine_config.proxy_of(settings, env)
     additions: engine_config.Additions = []
     if settings.host_ca_additions:
         additions, note = engine_config.host_additions(platform.os_name, _macos_text)

@@ -329,10 +329,10 @@ class ImageSlots:
 
     # --- the user's commands ---------------------------------------------------------------
 
-    def rollback(self) -> tuple[str, str]:
-        """Back to the previous known-good image: the current one is marked as rolled back by the
-        user (so the installed copy of it is not booted again). Returns (from, to) descriptions."""
-        record = self.load()
+    def rollback_pair(self, record: SlotRecord | None = None) -> tuple[GuestImage, GuestImage]:
+        """(current known-good image, the previous one it would roll back to); SlotError with the
+        one-line reason when there is none, or when its data format is older than the disk's."""
+        record = record or self.load()
         current, target = self.image(record.known_good), self.image(record.previous)
         if target is None or current is None:
             raise SlotError("there is no previous guest image to roll back to "
@@ -341,6 +341,13 @@ class ImageSlots:
             raise SlotError(f"cannot roll back to {describe(target.manifest, record.previous)}: the data disk "
                             f"has data format {data_format(current.manifest)}, that image reads up to "
                             f"{data_format(target.manifest)}")
+        return current, target
+
+    def rollback(self) -> tuple[str, str]:
+        """Back to the previous known-good image: the current one is marked as rolled back by the
+        user (so the installed copy of it is not booted again). Returns (from, to) descriptions."""
+        record = self.load()
+        current, target = self.rollback_pair(record)
         was, now = describe(current.manifest, record.known_good), describe(target.manifest, record.previous)
         record.failed[record.known_good] = Failure("rolled back by the user", current.manifest.version, time.time())
         # nothing further back: a second rollback is refused rather than undoing the first

@@ -18,6 +18,7 @@ from hypervisor.control import Status
 from hypervisor.errors import MachineError, PinnaceError, SSHError, StateError
 from hypervisor.hostinfo import guest_arch
 from hypervisor.paths import Paths
+from tests import image_variants
 from vmimage import manifest as image_manifest
 
 pytestmark = pytest.mark.timeout(30)
@@ -158,17 +159,7 @@ class FakeLink:
 
 
 def make_image(directory: Path, version: str, arch: str) -> Path:
-    """A tiny image with a real manifest (its artefacts are a few bytes each)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    artifacts = {}
-    for kind, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.img"),
-                       ("cmdline", "cmdline")):
-        (directory / name).write_bytes(f"{kind} of {version}".encode())
-        artifacts[kind] = image_manifest.describe(directory / name)
-    image_manifest.save(directory, image_manifest.Manifest(
-        name="pinnace", version=version, arch=arch, suite="trixie", kernel_version="6.12-test",
-        kernel_config_sha256="0" * 64, cmdline="quiet", artifacts=artifacts))
-    return directory
+    return image_variants.tiny(directory, version, arch)
 
 
 class Harness:

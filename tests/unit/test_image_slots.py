@@ -11,22 +11,14 @@ import pytest
 from hypervisor.agent.guest_image import GuestImage, ImageError
 from hypervisor.agent.image_slots import BootPlan, ImageSlots, SlotError, fingerprint
 from hypervisor.paths import Paths
+from tests import image_variants
 from vmimage import manifest as image_manifest
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def make_image(directory: Path, version: str, data_format: int = 1, cmdline: str = "quiet") -> GuestImage:
-    directory.mkdir(parents=True, exist_ok=True)
-    artifacts = {}
-    for kind, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("rootfs", "rootfs.img"),
-                       ("cmdline", "cmdline")):
-        (directory / name).write_bytes(f"{kind} of {version} {cmdline}".encode())
-        artifacts[kind] = image_manifest.describe(directory / name)
-    found = image_manifest.Manifest(
-        name="pinnace", version=version, arch="x86_64", suite="trixie", kernel_version="6.12-test",
-        kernel_config_sha256="0" * 64, cmdline=cmdline, artifacts=artifacts, data_format=data_format)
-    image_manifest.save(directory, found)
+    image_variants.tiny(directory, version, data_format=data_format, cmdline=cmdline)
     return GuestImage(directory, image_manifest.load(directory))
 
 
