@@ -28,7 +28,9 @@ class BootEvent:
 
 
 def parse_line(line: str) -> BootEvent | None:
-    parts = line.strip().split()
+    # Control bytes may precede a line on the serial console (NULs and a SYN were seen before a
+    # PINNACE-READY under TCG): they separate words like blanks, never hide a stage line.
+    parts = "".join(ch if ch.isprintable() else " " for ch in line).split()
     if not parts:
         return None
     try:

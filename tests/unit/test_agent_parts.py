@@ -70,6 +70,9 @@ def test_boot_log_lines() -> None:
     assert bootlog.parse_line("PINNACE-FAILED data disk has errors").value == "data disk has errors"
     assert bootlog.parse_line("[    1.0] random kernel line") is None
     assert bootlog.parse_line("PINNACE-STAGE data notanumber") is None
+    # as seen on a TCG guest's console: control bytes before the line, and its \r
+    assert bootlog.parse_line("\x16" + "\x00" * 11 + "PINNACE-READY 7.66\r") == \
+        bootlog.BootEvent("ready", "ready", 7.66)
 
 
 def test_serial_tail_keeps_partial_lines(tmp_path: Path) -> None:
