@@ -90,6 +90,7 @@ class _Connection:
         self._pending = 2  # directions still running
         self._closed = False
         self.finished = threading.Event()
+        self.released = threading.Event()  # its forwarder no longer counts it
 
     def relay_up(self) -> None:
         """client -> channel; on client EOF half-close the channel and watch for a full hang-up."""
@@ -259,7 +260,7 @@ class UnixSocketForwarder:
         for conn in connections:
             conn.abort()
         for conn in connections:
-            conn.finished.wait(timeout)
+            conn.released.wait(timeout)  # after `finished`: the count is right once stop returns
         log.info("%s forwarder stopped", self.name)
 
     def _remove_own_socket(self) -> None:
@@ -332,6 +333,7 @@ class UnixSocketForwarder:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+            conn.released.set()
 
 
 REQUEST_HEAD_LIMIT = 64 * 1024
