@@ -110,6 +110,10 @@ def accel_option(accel: str = "tcg", tb_size_mib: int = TB_SIZE_MIB) -> str:
     return f"tcg,tb-size={tb_size_mib}" if accel == "tcg" else accel
 
 
+class GuestPanicked(RuntimeError):
+    """The distro VM's kernel panicked while booting (not Pinnace's doing: worth another try)."""
+
+
 def qemu_argv(vm: DistroVM, port: int, serial_log: Path, cpus: int = 2, memory_mib: int = 2048,
               accel: str = "tcg", tb_size_mib: int = TB_SIZE_MIB, qemu: Path = QEMU,
               snapshot: bool = True) -> list[str]:
@@ -400,6 +404,8 @@ class Running:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"QEMU exited ({self.proc.returncode}): {self._diagnostics()}")
+            if self.panicked():
+                raise GuestPanicked(f"the distro VM's kernel panicked: {self._diagnostics()}")
             try:
                 proc = self.ssh(READY_COMMAND, timeout=30)
             except subprocess.TimeoutExpired:
@@ -436,6 +442,11 @@ class Running:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def panicked(self) -> bool:
+        """Debian's kernel has panicked under TCG here now and then ("Fatal exception in
+        interrupt"); QEMU then idles, so say so instead of waiting out the timeout."""
+        return self.serial_log.exists() and "Kernel panic - not syncing" in self.serial_log.read_text(errors="replace")
 
     def _diagnostics(self) -> str:
         stderr = (self.workdir / "qemu.stderr").read_text(errors="replace").strip()

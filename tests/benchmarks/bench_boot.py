@@ -80,8 +80,13 @@ def pinnace_idle(env: dict[str, str]) -> tuple[float, float, float]:
 
 def distro_round(vm: distrovm.DistroVM, settle: float, cpus: int, memory_mib: int, accel: str,
                  tb_mib: int) -> tuple[float, float, float, float, str]:
-    """(boot -> `docker version` s, guest used, QEMU RSS, resident code buffer, engine version)."""
-    run = distrovm.boot(vm, cpus=cpus, memory_mib=memory_mib, accel=accel, tb_size_mib=tb_mib)
+    """(boot -> `docker version` s, guest used, QEMU RSS, resident code buffer, engine version);
+    a boot whose kernel panicked is tried once more."""
+    try:
+        run = distrovm.boot(vm, cpus=cpus, memory_mib=memory_mib, accel=accel, tb_size_mib=tb_mib)
+    except distrovm.GuestPanicked as e:
+        print(f"  the Debian VM's kernel panicked; booting it again ({str(e).splitlines()[-1]})", file=sys.stderr)
+        run = distrovm.boot(vm, cpus=cpus, memory_mib=memory_mib, accel=accel, tb_size_mib=tb_mib)
     try:
         time.sleep(settle)
         used = run.guest_memory_mib()

@@ -6,7 +6,8 @@
         --ping-socket /var/run/docker.sock --bulk-socket ""   # a real guest (bulk needs a sink)
 
 Measures /_ping latency over 500 sequential *new* connections (median, p99) and the throughput
-of one bulk upload to a socket that counts bytes and answers the total after EOF.
+of one bulk upload to a socket that counts bytes and answers the total after EOF, for each path in
+interleaved rounds (median of 3), and prints Pinnace's ratios to OpenSSH's `ssh -L`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +64,10 @@ def ping_once(path: str) -> float:
     return time.perf_counter() - start
 
 
-def ping_stats(path: str, count: int) -> tuple[float, float]:
+def ping_stats(path: str, count: int, once: Callable[[str], float] = ping_once) -> tuple[float, float]:
     for _ in range(10):
-        ping_once(path)  # warm-up
-    samples = sorted(ping_once(path) for _ in range(count))
+        once(path)  # warm-up
+    samples = sorted(once(path) for _ in range(count))
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     return statistics.median(samples) * 1000, p99 * 1000
 
@@ -83,6 +84,44 @@ def upload(path: str, megabytes: int) -> float:
         answer = b""
         while chunk := s.recv(64):
             answer += chunk
+    elapsed = time.perf_counter() - start
+    if int(answer or b"0") != megabytes << 20:
+        raise RuntimeError(f"sink counted {answer!r}, sent {megabytes << 20}")
+    return (megabytes << 20) / elapsed / 1e6
+
+
+def paramiko_ping_once(ssh: GuestSSH, remote: str) -> float:
+    """The same request on a channel opened straight from paramiko: no forwarder, no relay."""
+    start = time.perf_counter()
+    chan = ssh.open_unix_channel(remote)
+    try:
+        chan.settimeout(10)
+        chan.sendall(PING)
+        reply = b""
+        while not reply.endswith(b"OK"):
+            chunk = chan.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"channel closed early: {reply!r}")
+            reply += chunk
+    finally:
+        chan.close()
+    return time.perf_counter() - start
+
+
+def paramiko_upload(ssh: GuestSSH, remote: str, megabytes: int) -> float:
+    block = os.urandom(1 << 20)
+    start = time.perf_counter()
+    chan = ssh.open_unix_channel(remote)
+    try:
+        chan.settimeout(120)
+        for _ in range(megabytes):
+            chan.sendall(block)
+        chan.shutdown_write()
+        answer = b""
+        while chunk := chan.recv(64):
+            answer += chunk
+    finally:
+        chan.close()
     elapsed = time.perf_counter() - start
     if int(answer or b"0") != megabytes << 20:
         raise RuntimeError(f"sink counted {answer!r}, sent {megabytes << 20}")
@@ -121,17 +160,17 @@ def serve_test_servers(work: Path) -> None:
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
     finally:
         for server in servers:
-            _stop_child(server)
+            server.close()
 
 
 def serve_forwarders(target_json: str, work: Path, ping_remote: str, bulk_remote: str) -> None:
-    """Child process: our forwarder, as the host agent would run it."""
+    """Child process: our forwarder, as the host agent runs it."""
     raw = json.loads(target_json)
     target = SSHTarget(**{**raw, "client_key": Path(raw["client_key"])})
     ssh = GuestSSH(target)
     ssh.connect()
-    fwd_ping = UnixSocketForwarder(work / "fwd" / "ping.sock", lambda: ssh.open_unix_channel(ping_remote))
-    fwd_bulk = UnixSocketForwarder(work / "fwd" / "bulk.sock", lambda: ssh.open_unix_channel(bulk_remote))
+    fwd_ping = UnixSocketForwarder(work / "ping.sock", lambda: ssh.open_unix_channel(ping_remote))
+    fwd_bulk = UnixSocketForwarder(work / "bulk.sock", lambda: ssh.open_unix_channel(bulk_remote))
     with fwd_ping, fwd_bulk:
         print("ready", flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -164,59 +203,90 @@ def openssh_forward(target: SSHTarget, work: Path, forwards: dict[Path, str]) ->
         proc.wait(5)
 
 
-def measure(name: str, ping_path: Path, bulk_path: Path | None, args: argparse.Namespace) -> Row:
-    median, p99 = ping_stats(str(ping_path), args.pings)
-    rate = upload(str(bulk_path), args.bulk_mb) if bulk_path is not None else None
-    row = Row(name, median, p99, rate)
-    logging.info("%s done", name)
-    return row
+def measure(path: Ends, args: argparse.Namespace) -> tuple[float, float, float | None]:
+    if path.ssh is not None:  # paramiko alone, in this process
+        ssh = path.ssh
+        median, p99 = ping_stats(str(path.ping), args.pings, lambda remote: paramiko_ping_once(ssh, remote))
+        rate = paramiko_upload(ssh, str(path.bulk), args.bulk_mb) if path.bulk is not None else None
+        return median, p99, rate
+    median, p99 = ping_stats(str(path.ping), args.pings)
+    rate = upload(str(path.bulk), args.bulk_mb) if path.bulk is not None else None
+    return median, p99, rate
+
+
+@dataclass
+class Ends:
+    """The local sockets of one path: where pings and the bulk upload go."""
+
+    name: str
+    ping: Path
+    bulk: Path | None
+    ssh: GuestSSH | None = None  # measured over this transport directly, not through a socket
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Row]:
-    rows: list[Row] = []
-    sshd = None
-    if args.host is None:  # self-contained: local sshd and local servers stand in for the guest
-        sshd = HostSSHD(work / "sshd")
-        sshd.start()
-        target = sshd.target()
-        servers = [_child("--_servers", str(work))]
-        ping_remote, bulk_remote = str(work / "ping.sock"), str(work / "sink.sock")
-    else:
-        target = SSHTarget(args.host, args.port, args.user, Path(args.key), args.host_public, "bench")
-        servers = []
-        ping_remote, bulk_remote = args.ping_socket, args.bulk_socket or None
-    try:
-        raw = {**target.__dict__, "client_key": str(target.client_key)}
-        fwd = _child("--_forwarder", json.dumps(raw), str(work), ping_remote, bulk_remote or "")
-        try:
-            bulk_local = work / "fwd" / "bulk.sock" if bulk_remote else None
-            rows.append(measure("pinnace forwarder", work / "fwd" / "ping.sock", bulk_local, args))
-        finally:
-            _stop_child(fwd)
-
+    """Every path measured once per round, the order rotating, so drift on a noisy host is shared."""
+    with ExitStack() as stack:
+        if args.host is None:  # self-contained: local sshd and local servers stand in for the guest
+            sshd = HostSSHD(work / "sshd")
+            sshd.start()
+            stack.callback(sshd.stop)
+            target = sshd.target()
+            stack.callback(_stop_child, _child("--_servers", str(work)))
+            ping_remote, bulk_remote = str(work / "ping.sock"), str(work / "sink.sock")
+        else:
+            target = SSHTarget(args.host, args.port, args.user, Path(args.key), args.host_public, "bench")
+            ping_remote, bulk_remote = args.ping_socket, args.bulk_socket or ""
+        raw = json.dumps({**target.__dict__, "client_key": str(target.client_key)})
+        paths: list[Ends] = []
+        where = work / "fwd"
+        where.mkdir(mode=0o700)
+        stack.callback(_stop_child, _child("--_forwarder", raw, str(where), ping_remote, bulk_remote))
+        paths.append(Ends("pinnace forwarder", where / "ping.sock", where / "bulk.sock" if bulk_remote else None))
+        # What any paramiko-based forwarder is bounded by: the same work with no socket or relay.
+        direct_ssh = GuestSSH(target)
+        direct_ssh.connect()
+        stack.callback(direct_ssh.close)
+        paths.append(Ends(PARAMIKO, Path(ping_remote), Path(bulk_remote) if bulk_remote else None, direct_ssh))
         local = {work / "ossh-ping.sock": ping_remote}
         if bulk_remote:
             local[work / "ossh-bulk.sock"] = bulk_remote
-        with openssh_forward(target, work, local):
-            bulk_local = work / "ossh-bulk.sock" if bulk_remote else None
-            rows.append(measure("openssh ssh -L", work / "ossh-ping.sock", bulk_local, args))
-
-        if sshd is not None:
-            rows.append(measure("direct (floor)", Path(ping_remote), Path(bulk_remote), args))
-    finally:
-        for server in servers:
-            _stop_child(server)
-        if sshd is not None:
-            sshd.stop()
+        stack.enter_context(openssh_forward(target, work, local))
+        paths.append(Ends(OPENSSH, work / "ossh-ping.sock", work / "ossh-bulk.sock" if bulk_remote else None))
+        if args.host is None:
+            paths.append(Ends("direct (floor)", Path(ping_remote), Path(bulk_remote)))
+        results: dict[str, list[tuple[float, float, float | None]]] = {p.name: [] for p in paths}
+        for round_no in range(args.rounds):
+            for path in paths[round_no % len(paths):] + paths[:round_no % len(paths)]:
+                results[path.name].append(measure(path, args))
+            logging.info("round %d done", round_no + 1)
+    rows = []
+    for path in paths:
+        got = results[path.name]
+        rates = [r for _, _, r in got if r is not None]
+        rows.append(Row(path.name, statistics.median(m for m, _, _ in got), statistics.median(p for _, p, _ in got),
+                        statistics.median(rates) if rates else None))
     return rows
 
 
+OPENSSH = "openssh ssh -L"
+PARAMIKO = "  paramiko alone"
+
+
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    print(f"\n{args.pings} sequential new connections GET /_ping; bulk upload {args.bulk_mb} MB")
+    print(f"\n{args.pings} sequential new connections GET /_ping; bulk upload {args.bulk_mb} MB; "
+          f"median of {args.rounds} interleaved rounds")
     print(f"{'path':<20} {'ping median ms':>15} {'ping p99 ms':>12} {'upload MB/s':>12}")
     for r in rows:
         rate = f"{r.mb_per_s:12.1f}" if r.mb_per_s is not None else f"{'-':>12}"
         print(f"{r.name:<20} {r.median_ms:15.3f} {r.p99_ms:12.3f} {rate}")
+    ours, openssh = rows[0], next(r for r in rows if r.name == OPENSSH)
+    print(f"\nPinnace vs OpenSSH (>= 1.0 is as fast or faster): new connections "
+          f"{openssh.median_ms / ours.median_ms:.2f}x", end="")
+    if ours.mb_per_s and openssh.mb_per_s:
+        print(f", bulk upload {ours.mb_per_s / openssh.mb_per_s:.2f}x")
+    else:
+        print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bulk-socket", default="", help="remote socket that counts bytes ('' to skip)")
     p.add_argument("--pings", type=int, default=500)
     p.add_argument("--bulk-mb", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     if args.host is not None and not (args.key and args.host_public):
         p.error("--host needs --key and --host-public")
