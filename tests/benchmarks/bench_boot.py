@@ -53,13 +53,6 @@ def stage_times(serial: Path) -> dict[str, float]:
     return times
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):6.2f} s (min {min(values):.2f}, max {max(values):.2f})"
 
@@ -190,9 +183,9 @@ def main() -> int:
         resets.append(seconds)
     time.sleep(args.settle)
     status = json.loads(pinnace(env, "status", "--json")[1].stdout)
-    qemu_rss = rss_mib(status["qemu_pid"])
+    qemu_rss, _ = distrovm.qemu_memory(status["qemu_pid"])
     meminfo = pinnace(env, "ssh", "--", "cat", "/proc/meminfo")[1].stdout
-    mem = {line.split(":")[0]: int(line.split()[1]) // 1024 for line in meminfo.splitlines() if ":" in line}
+    mem = {name: kib // 1024 for name, kib in distrovm.parse_meminfo(meminfo).items()}
     pinnace(env, "stop")
 
     print(f"\nPinnace boot benchmark — accelerator {accel}, {args.rounds} rounds, image {m.version}")

@@ -49,18 +49,23 @@ class Row:
     mb_per_s: float | None
 
 
+def read_ping_reply(recv: Callable[[int], bytes]) -> None:
+    """Read until the /_ping answer's body ("OK") has arrived, from a socket or a channel."""
+    reply = b""
+    while not reply.endswith(b"OK"):
+        chunk = recv(4096)
+        if not chunk:
+            raise RuntimeError(f"connection closed early: {reply!r}")
+        reply += chunk
+
+
 def ping_once(path: str) -> float:
     start = time.perf_counter()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(path)
         s.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"OK"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"connection closed early: {reply!r}")
-            reply += chunk
+        read_ping_reply(s.recv)
     return time.perf_counter() - start
 
 
@@ -97,12 +102,7 @@ def paramiko_ping_once(ssh: GuestSSH, remote: str) -> float:
     try:
         chan.settimeout(10)
         chan.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"OK"):
-            chunk = chan.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"channel closed early: {reply!r}")
-            reply += chunk
+        read_ping_reply(chan.recv)
     finally:
         chan.close()
     return time.perf_counter() - start

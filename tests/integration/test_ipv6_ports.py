@@ -25,8 +25,6 @@ from tests.waiting import wait_for
 pytestmark = [pytest.mark.vm]
 
 
-
-
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port free on both 127.0.0.1 and ::1, so "refused" on either means Pinnace left it alone."""
     for _ in range(50):

@@ -16,8 +16,6 @@ from tests.netcheck import needs_ipv6
 pytestmark = pytest.mark.timeout(30)
 
 
-
-
 def free_port(family: int = socket.AF_INET6, kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(family, kind) as s:
         s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
