@@ -159,6 +159,8 @@ def describe(status: Status) -> str:
         lines.append(f"warning    {status.clock_warning}")
     if status.docker_socket:
         lines.append(f"socket     {status.docker_socket}")
+    if status.socket_transport and status.state in ("running", "paused"):
+        lines.append(f"transport  {status.socket_transport}")
     for i, share in enumerate(status.shares):
         mode = "read-only" if share.get("read_only") else "read-write"
         lines.append(f"{'shares' if i == 0 else '':10} {share.get('path')} ({share.get('transport')}, {mode})")

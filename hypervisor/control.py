@@ -49,6 +49,8 @@ class Status:
     disk_gib: int | None = None
     engine_version: str = ""
     docker_socket: str = ""
+    # what carries the engine socket's bytes: "OpenSSH <version> ControlMaster", or paramiko and why
+    socket_transport: str = ""
     ssh_port: int | None = None
     port_forwards: list[dict[str, Any]] = field(default_factory=list)
     # host folders in the guest: {"path", "read_only", "transport"} each; why that transport

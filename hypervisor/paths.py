@@ -179,6 +179,20 @@ class Paths:
         return self.socket_path(self.data_dir / "qmp.sock")
 
     @property
+    def ssh_mux_socket(self) -> Path:
+        """The ssh ControlMaster's socket; with the records, so a wiped runtime dir keeps it."""
+        return self.socket_path(self.data_dir / "ssh-mux.sock")
+
+    @property
+    def ssh_known_hosts(self) -> Path:
+        """The guest's pinned host key in OpenSSH's format, for the ControlMaster."""
+        return self.data_dir / "ssh_known_hosts"
+
+    @property
+    def ssh_master_log(self) -> Path:
+        return self.log_dir / "ssh-master.log"
+
+    @property
     def control_socket(self) -> Path:
         return self.socket_dir / "agent.sock"
 
@@ -277,7 +291,7 @@ class Paths:
         """Create every directory private to the user (0700), tightening existing ones too."""
         for directory in self.all_dirs():
             _make_private_dir(directory)
-        for sock in (self.qmp_socket, self.control_socket, self.docker_socket):
+        for sock in (self.qmp_socket, self.ssh_mux_socket, self.control_socket, self.docker_socket):
             sock = self.socket_path(sock)
             if sock.parent == self.short_dir:
                 # The alias lives in the shared temp dir: its parent must be ours too.

@@ -1,7 +1,8 @@
 """The engine link: the way from the host to the guest's dockerd, and what rides on it.
 
 One SSH transport to the guest's sshd (pinned host key), the engine-socket forwarder on the host
-(a private unix socket, or a named pipe where the platform has no unix sockets for docker), the
+(a private unix socket, or a named pipe where the platform has no unix sockets for docker), an
+OpenSSH ControlMaster that carries the unix socket's bytes while the VM runs (socket_carrier.py), the
 engine's readiness (`/_ping`, then `/version`), published ports (QMP hostfwd kept equal to the
 containers' ports; the agent relays IPv6 ones, with a guest relay over this link when needed),
 the hint for bind mounts outside the shares, and the host file changes under bind-mounted
@@ -22,8 +23,11 @@ from hypervisor.agent.file_events import FileEventRelay
 from hypervisor.agent.host_ssh_agent import HostAgentForward, host_agent_socket
 from hypervisor.agent.qemu_driver import Machine
 from hypervisor.agent.recovery import paused_engine_message
+from hypervisor.agent.socket_carrier import AGENT as AGENT_TRANSPORT
+from hypervisor.agent.socket_carrier import SocketCarrier
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.errors import EngineUnavailableError, HostKeyMismatchError, MachineError, PinnaceError, SSHError
+from hypervisor.openssh_mux import end_stale_master
 from hypervisor.paths import Paths
 from hypervisor.platform import Platform
 from hypervisor.port_publisher import Hmp, PortPublisher
@@ -50,11 +54,14 @@ class EngineLink:
         self.paused: str | None = None  # why the VM is paused: new engine connections are refused
         self._retired: list[Any] = []  # forwarders whose socket file was removed (keep_endpoint)
         self.host_agent: HostAgentForward | None = None
+        self.carrier: SocketCarrier | None = None  # the OpenSSH master carrying engine connections
+        self._machine: Machine | None = None
 
     # --- connecting ------------------------------------------------------------------------
 
     async def reach(self, machine: Machine, deadline: float) -> None:
         """Until the guest's sshd answers with the pinned key (it starts long before the engine)."""
+        self._machine = machine
         self.ssh = GuestSSH(SSHTarget("127.0.0.1", machine.ssh_port, "root", machine.client_key,
                                       machine.host_public, self.paths.instance))
         await asyncio.get_running_loop().run_in_executor(None, self.ssh.wait_until_reachable, deadline)
@@ -65,11 +72,29 @@ class EngineLink:
         version = await self._engine_version(deadline)
         self.board.update(engine_version=str(version.get("Version", "")))
         endpoint = self.platform.engine_endpoint(self.paths)
+        await loop.run_in_executor(None, end_stale_master, self.paths.ssh_mux_socket)  # it would hold the socket
         self.forwarder = self.platform.engine_forwarder(endpoint, self.open_engine_channel)
         await loop.run_in_executor(None, self.forwarder.start)
         self.board.update(docker_socket=str(endpoint))
+        self._start_carrier()
         self._start_ports(hmp, ssh_port)
         self._forward_host_agent()
+
+    def _start_carrier(self) -> None:
+        """The OpenSSH master where the engine socket is a unix socket (not a Windows pipe)."""
+        machine, endpoint = self._machine, self.platform.engine_endpoint(self.paths)
+        if machine is None or not isinstance(endpoint, Path):
+            self.board.update(socket_transport=AGENT_TRANSPORT)
+            return
+        try:
+            self.carrier = SocketCarrier(self.paths, endpoint, machine.ssh_port, machine.client_key,
+                                         machine.host_public, ENGINE_SOCKET,
+                                         on_change=lambda text: self.board.update(socket_transport=text))
+            self.carrier.start()
+        except (OSError, PinnaceError) as exc:
+            log.warning("the engine socket stays on %s: %s", AGENT_TRANSPORT, exc)
+            self.board.update(socket_transport=f"{AGENT_TRANSPORT} ({exc})")
+            self.carrier = None
 
     def _forward_host_agent(self) -> None:
         socket_path, why_not = host_agent_socket()
@@ -90,12 +115,21 @@ class EngineLink:
             await asyncio.sleep(KEEPALIVE_S)
             ssh = self.ssh
             if ssh is not None and self.paused is None:
-                await loop.run_in_executor(None, ssh.probe, KEEPALIVE_S, lambda: self.paused is None)
+                answered = await loop.run_in_executor(None, ssh.probe, KEEPALIVE_S, lambda: self.paused is None)
+                carrier = self.carrier
+                if not answered and carrier is not None:  # its connection to the guest is as dead
+                    await loop.run_in_executor(None, carrier.master.stop)
 
     def set_paused(self, reason: str | None, drop_connections: bool = False) -> None:
         """While paused, docker clients get `reason` at once instead of a connection that hangs;
         `drop_connections` also ends those in flight (they cannot finish before space is freed)."""
         self.paused = reason
+        carrier = self.carrier
+        if carrier is not None:
+            if reason is None:
+                carrier.resume()
+            else:
+                carrier.pause(drop_connections)
         forwarder = self.forwarder
         if reason is not None and drop_connections and forwarder is not None:
             dropped = forwarder.abort_all()
@@ -179,6 +213,8 @@ class EngineLink:
         fresh = self.platform.engine_forwarder(endpoint, self.open_engine_channel)
         await asyncio.get_running_loop().run_in_executor(None, fresh.start)
         self.forwarder, self._retired = fresh, [*self._retired, forwarder]
+        if self.carrier is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.carrier.endpoint_replaced)
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -195,6 +231,9 @@ class EngineLink:
         file_events, self.file_events = self.file_events, None
         if file_events is not None:
             await self._bounded("stopping file events", loop.run_in_executor(None, file_events.close))
+        carrier, self.carrier = self.carrier, None
+        if carrier is not None:  # first: the engine socket leads back to the forwarder, which removes it
+            await self._bounded("stopping the ssh master", loop.run_in_executor(None, carrier.close))
         forwarders, self.forwarder, self._retired = [*self._retired, self.forwarder], None, []
         for forwarder in forwarders:
             if forwarder is not None:
@@ -203,7 +242,7 @@ class EngineLink:
         if ssh is not None:
             await self._bounded("closing SSH", loop.run_in_executor(None, ssh.close))
         self.paused = None
-        self.board.update(port_forwards=[], docker_socket="", host_ssh_agent="")
+        self.board.update(port_forwards=[], docker_socket="", host_ssh_agent="", socket_transport="")
 
     @staticmethod
     async def _bounded(what: str, step: Any) -> None:

@@ -61,7 +61,7 @@ def control(info: PackageInfo) -> str:
         f"Maintainer: {info.maintainer}",
         f"Installed-Size: {info.installed_kib}",
         f"Depends: {', '.join(depends(info.deb_arch))}",
-        "Recommends: docker-cli | docker.io | docker-ce-cli",
+        "Recommends: openssh-client, docker-cli | docker.io | docker-ce-cli",
         "Section: admin",
         "Priority: optional",
         "Description: Docker Engine in a tiny, fast, locked-down VM",

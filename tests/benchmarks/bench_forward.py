@@ -35,7 +35,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from sshd_fixture import HostSSHD, UnixServer, ping_handler, sink_handler  # noqa: E402, I001
 
+from hypervisor.agent.socket_carrier import SocketCarrier  # noqa: E402
 from hypervisor.forward import UnixSocketForwarder  # noqa: E402
+from hypervisor.paths import Paths  # noqa: E402
 from hypervisor.ssh import GuestSSH, SSHTarget  # noqa: E402
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
@@ -163,18 +165,53 @@ def serve_test_servers(work: Path) -> None:
             server.close()
 
 
-def serve_forwarders(target_json: str, work: Path, ping_remote: str, bulk_remote: str) -> None:
-    """Child process: our forwarder, as the host agent runs it."""
+def carried_paths(work: Path, name: str) -> Paths:
+    """Where the agent of instance `name` would serve its engine socket, under `work`."""
+    return Paths.for_instance(name, {"PINNACE_HOME": str(work / "home")})
+
+
+def serve_forwarders(target_json: str, work: Path, ping_remote: str, bulk_remote: str, transport: str) -> None:
+    """Child process: our forwarder, as the host agent runs it: with its OpenSSH master carrying
+    the bytes ("openssh"), or on paramiko channels alone (its fallback, "paramiko")."""
     raw = json.loads(target_json)
     target = SSHTarget(**{**raw, "client_key": Path(raw["client_key"])})
     ssh = GuestSSH(target)
     ssh.connect()
-    fwd_ping = UnixSocketForwarder(work / "ping.sock", lambda: ssh.open_unix_channel(ping_remote))
-    fwd_bulk = UnixSocketForwarder(work / "bulk.sock", lambda: ssh.open_unix_channel(bulk_remote))
-    with fwd_ping, fwd_bulk:
+    with ExitStack() as stack:
+        for name, remote in (("ping", ping_remote), ("bulk", bulk_remote)):
+            if not remote:
+                continue
+            if transport == "paramiko":
+                endpoint = work / f"{name}.sock"
+            else:
+                paths = carried_paths(work, name)
+                paths.ensure_dirs()
+                endpoint = paths.docker_socket
+            fwd = UnixSocketForwarder(endpoint, lambda remote=remote: ssh.open_unix_channel(remote), name)
+            stack.enter_context(fwd)
+            if transport == "openssh":
+                stack.enter_context(carried(paths, target, remote))
         print("ready", flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
     ssh.close()
+
+
+@contextmanager
+def carried(paths: Paths, target: SSHTarget, remote: str) -> Iterator[None]:
+    """The agent's OpenSSH master on a forwarder's endpoint, once it serves."""
+    states: list[str] = []
+    carrier = SocketCarrier(paths, paths.docker_socket, target.port, target.client_key, target.host_public,
+                            remote, states.append, user=target.user)
+    carrier.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (states and states[-1].endswith("ControlMaster")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ssh master did not take the socket: {states}")
+            time.sleep(0.05)
+        yield
+    finally:
+        carrier.close()
 
 
 @contextmanager
@@ -239,10 +276,14 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
             ping_remote, bulk_remote = args.ping_socket, args.bulk_socket or ""
         raw = json.dumps({**target.__dict__, "client_key": str(target.client_key)})
         paths: list[Ends] = []
+        carried_at = work / "carried"
+        stack.callback(_stop_child, _child("--_forwarder", raw, str(carried_at), ping_remote, bulk_remote, "openssh"))
+        paths.append(Ends(PINNACE, carried_paths(carried_at, "ping").docker_socket,
+                          carried_paths(carried_at, "bulk").docker_socket if bulk_remote else None))
         where = work / "fwd"
         where.mkdir(mode=0o700)
-        stack.callback(_stop_child, _child("--_forwarder", raw, str(where), ping_remote, bulk_remote))
-        paths.append(Ends("pinnace forwarder", where / "ping.sock", where / "bulk.sock" if bulk_remote else None))
+        stack.callback(_stop_child, _child("--_forwarder", raw, str(where), ping_remote, bulk_remote, "paramiko"))
+        paths.append(Ends("  paramiko fallback", where / "ping.sock", where / "bulk.sock" if bulk_remote else None))
         # What any paramiko-based forwarder is bounded by: the same work with no socket or relay.
         direct_ssh = GuestSSH(target)
         direct_ssh.connect()
@@ -269,6 +310,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Row]:
     return rows
 
 
+PINNACE = "pinnace (ssh master)"
 OPENSSH = "openssh ssh -L"
 PARAMIKO = "  paramiko alone"
 
@@ -276,10 +318,10 @@ PARAMIKO = "  paramiko alone"
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"\n{args.pings} sequential new connections GET /_ping; bulk upload {args.bulk_mb} MB; "
           f"median of {args.rounds} interleaved rounds")
-    print(f"{'path':<20} {'ping median ms':>15} {'ping p99 ms':>12} {'upload MB/s':>12}")
+    print(f"{'path':<24} {'ping median ms':>15} {'ping p99 ms':>12} {'upload MB/s':>12}")
     for r in rows:
         rate = f"{r.mb_per_s:12.1f}" if r.mb_per_s is not None else f"{'-':>12}"
-        print(f"{r.name:<20} {r.median_ms:15.3f} {r.p99_ms:12.3f} {rate}")
+        print(f"{r.name:<24} {r.median_ms:15.3f} {r.p99_ms:12.3f} {rate}")
     ours, openssh = rows[0], next(r for r in rows if r.name == OPENSSH)
     print(f"\nPinnace vs OpenSSH (>= 1.0 is as fast or faster): new connections "
           f"{openssh.median_ms / ours.median_ms:.2f}x", end="")
@@ -298,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_test_servers(Path(argv[1]))
         return 0
     if argv[:1] == ["--_forwarder"]:
-        serve_forwarders(argv[1], Path(argv[2]), argv[3], argv[4])
+        serve_forwarders(argv[1], Path(argv[2]), argv[3], argv[4], argv[5])
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", help="guest sshd host (default: start a local sshd)")

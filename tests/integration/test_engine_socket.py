@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -136,19 +137,20 @@ def api_get(path: str, url: str, timeout: float = 60.0) -> tuple[int, bytes]:
 
 
 def connected_clients(socket_path: Path) -> int:
-    """Accepted (server-side) connections on the listening socket at `socket_path`.
+    """Accepted (server-side) connections on the listening sockets behind `socket_path`.
 
-    In /proc/net/unix a listener's accepted sockets carry its path; state 03 is SS_CONNECTED
-    (the listener itself is 01). This is exactly the forwarder's open client sockets, plus
-    connections still waiting in the accept backlog.
+    In /proc/net/unix a listener's accepted sockets carry the path it was bound at; state 03 is
+    SS_CONNECTED (the listener itself is 01). The engine socket's name leads to the agent's
+    listener or to the ssh master's, bound as engine.ssh beside it: this counts both, so it is
+    exactly the open client sockets, plus connections still waiting in an accept backlog.
     """
-    wanted = str(socket_path)
+    wanted = {str(socket_path), str(socket_path.with_name("engine.ssh"))}
     count = 0
     with open("/proc/net/unix") as f:
         next(f)
         for line in f:
             parts = line.split(None, 7)
-            if len(parts) == 8 and parts[7].rstrip("\n") == wanted and parts[5] == "03":
+            if len(parts) == 8 and parts[7].rstrip("\n") in wanted and parts[5] == "03":
                 count += 1
     return count
 
@@ -531,6 +533,33 @@ def test_request_during_sshd_restart_waits_for_reconnect(vm_instance):
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _transport(vm) -> str:  # noqa: ANN001 - conftest.Instance
+    return json.loads(vm.pinnace("status", "--json", timeout=60).stdout).get("socket_transport", "")
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(240)
+def test_openssh_carries_the_socket_and_a_killed_master_costs_no_request(vm_instance):
+    from hypervisor.openssh_mux import master_pid
+
+    wait_for("the OpenSSH master carrying the socket",
+             lambda: _transport(vm_instance).endswith("ControlMaster"), 90, 0.5)
+    sock = vm_instance.docker_socket
+    assert os.stat(sock).st_ino == os.stat(sock.with_name("engine.ssh")).st_ino
+    assert _mode(sock.with_name("engine.ssh")) == 0o600
+    pid = master_pid(vm_instance.paths.ssh_mux_socket)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    # the agent takes the socket back as the master dies: the next request needs no retry
+    wait_for("the agent's listener back",
+             lambda: os.stat(sock).st_ino == os.stat(sock.with_name("engine.own")).st_ino, 5, 0.01)
+    assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
+    assert "OpenSSH master exited: killed by signal 9" in _transport(vm_instance)
+    wait_for("a new master", lambda: _transport(vm_instance).endswith("ControlMaster"), 120, 0.5)
+    assert master_pid(vm_instance.paths.ssh_mux_socket) not in (None, pid)
+    assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
 
 
 @pytest.mark.vm
