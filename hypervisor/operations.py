@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from hypervisor import disk, engine, launcher
 from hypervisor import settings as settings_mod
 from hypervisor.control import Status
 from hypervisor.engine import EngineUsage
-from hypervisor.errors import OperationError
+from hypervisor.errors import ControlError, OperationError
 from hypervisor.paths import Paths
 from hypervisor.settings import HostFacts, Settings
 
@@ -72,6 +73,24 @@ class Agents:
 
 
 AGENTS = Agents()
+
+
+def _wait_or_last_words(agents: Agents, control: Client, paths: Paths, on_update: OnUpdate | None,
+                        since: float) -> Status:
+    """The agent's final state; an agent that failed at once may have written it (state.json) and
+    exited before the watch could read it: its last words then (written since this operation
+    began, not an earlier run's), not "stopped before reporting"."""
+    try:
+        return agents.wait_for(control, on_update)
+    except ControlError:
+        try:
+            fresh = paths.state_file.stat().st_mtime >= since - 1.0
+        except OSError:
+            fresh = False
+        last = launcher.last_status(paths)
+        if fresh and last.state in launcher.FINAL_STATES and last.reason:
+            return last
+        raise
 
 
 # --- settings that apply at this start -----------------------------------------------------------
@@ -148,10 +167,11 @@ def start(paths: Paths, change: SettingsChange | None = None, *, wait: bool = Tr
         elif agents.qemu_running(paths):
             _tell(on_step, Step.READOPTING)
         _tell(on_step, Step.STARTING)
+        since = time.time()
         control = agents.ensure_agent(paths)
         if not wait:  # no further call: an agent whose boot fails at once has already gone again
             return Status(paths.instance, state="starting")
-        final = agents.wait_for(control, on_update)
+        final = _wait_or_last_words(agents, control, paths, on_update, since)
     except BaseException:
         _undo_on_error(change)
         raise
@@ -208,7 +228,8 @@ def reset(paths: Paths, *, on_step: OnStep | None = None, on_update: OnUpdate | 
     else:
         disk.delete_instance_data(paths.data_disk, paths.keys_dir)  # refuses while a QEMU holds the disk
         _tell(on_step, Step.WIPED)
-        final = agents.wait_for(agents.ensure_agent(paths), on_update)
+        since = time.time()
+        final = _wait_or_last_words(agents, agents.ensure_agent(paths), paths, on_update, since)
     return _settle("reset", final, None)
 
 

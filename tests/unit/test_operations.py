@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,31 @@ def test_start_that_cannot_spawn_the_agent_restores_the_settings(paths: Paths) -
     with pytest.raises(ControlError):
         operations.start(paths, change, agents=agents)
     assert paths.settings_file.read_text() == "cpus = 1\n"
+
+
+class QuickToFail(FakeAgents):
+    """An agent that writes its error to state.json and exits before the watch reads anything."""
+
+    def __init__(self, paths: Paths, reason: str) -> None:
+        super().__init__(FakeClient(**DEAD), FakeClient(stream=()))
+        self.paths, self.reason = paths, reason
+
+    def ensure_agent(self, paths: Paths) -> FakeClient:
+        if self.reason:
+            self.paths.state_file.write_text(json.dumps(status("error", self.reason).to_dict()))
+        return super().ensure_agent(paths)
+
+
+def test_an_agent_that_failed_before_the_watch_is_heard_through_its_last_words(paths: Paths) -> None:
+    with pytest.raises(OperationError, match="QEMU not found: /nonexistent/qemu"):
+        operations.start(paths, agents=QuickToFail(paths, "QEMU not found: /nonexistent/qemu"))
+
+
+def test_last_words_of_an_earlier_run_are_not_taken_for_this_one(paths: Paths) -> None:
+    paths.state_file.write_text(json.dumps(status("error", "an old failure").to_dict()))
+    os.utime(paths.state_file, (time.time() - 60, time.time() - 60))
+    with pytest.raises(ControlError, match="stopped before reporting"):
+        operations.start(paths, agents=QuickToFail(paths, ""))
 
 
 def test_start_follows_the_boot_and_keeps_the_new_settings(paths: Paths) -> None:
