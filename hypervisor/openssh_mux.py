@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypervisor import platform as host_platform
 from hypervisor.errors import SSHError
 
 log = logging.getLogger(__name__)
@@ -230,23 +231,13 @@ def end_stale_master(control_path: Path, timeout: float = 3.0) -> bool:
     with contextlib.suppress(MuxError):  # it exits before its answer goes out: EOF is the answer
         _ask(control_path, terminate(2), timeout)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while host_platform.current().alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     log.warning("ended a stale ssh master (pid %d) left on %s", pid, control_path)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -5,7 +5,8 @@
     python tests/benchmarks/bench_socket.py --home /tmp/ph --docker-host unix:///path/docker.sock
 
 Paths, all to the same guest /var/run/docker.sock of the same running VM:
-  (a) pinnace       the agent's host unix socket (one shared paramiko transport, a channel per client)
+  (a) pinnace       the agent's host unix socket (carried by its OpenSSH ControlMaster once that is up;
+                    the agent's own paramiko relay before, or without `ssh`)
   (b) openssh -L    `ssh -N -L HOST.sock:/var/run/docker.sock` with the instance's client key and a
                     known_hosts file pinning the instance's host key
   (c) direct chan   reference: a paramiko channel opened in this process (no unix-socket relay), to

@@ -177,16 +177,22 @@ def test_bytes_and_half_closes_pass_exactly_both_ways(agent) -> None:
         client.sendall(b"still writable")
 
 
+def pause_with_a_request_in_flight(slow: Agent, reason: str, drop_connections: bool) -> socket.socket:
+    """A request the guest answers 2 s later, then the VM paused under it; the client's socket."""
+    slow.wait_for_master()
+    in_flight = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    in_flight.settimeout(10)
+    in_flight.connect(str(slow.paths.docker_socket))
+    in_flight.sendall(b"request")
+    time.sleep(0.3)
+    slow.paused = reason
+    slow.carrier.pause(drop_connections=drop_connections)
+    return in_flight
+
+
 def test_a_paused_vm_is_answered_by_the_agent_and_keeps_connections_in_flight(agent) -> None:
     slow = agent("slow")
-    slow.wait_for_master()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as in_flight:
-        in_flight.settimeout(10)
-        in_flight.connect(str(slow.paths.docker_socket))
-        in_flight.sendall(b"request")
-        time.sleep(0.3)
-        slow.paused = "the VM is paused: test"
-        slow.carrier.pause(drop_connections=False)
+    with pause_with_a_request_in_flight(slow, "the VM is paused: test", False) as in_flight:
         reply = ask(slow.paths.docker_socket)
         assert b"503" in reply.split(b"\r\n")[0] and json.loads(reply.split(b"\r\n\r\n")[1]) == \
             {"message": "the VM is paused: test"}
@@ -199,14 +205,7 @@ def test_a_paused_vm_is_answered_by_the_agent_and_keeps_connections_in_flight(ag
 def test_a_pause_that_drops_connections_ends_the_master_and_resume_brings_one_back(agent, monkeypatch) -> None:
     monkeypatch.setattr(socket_carrier, "REVIVE_INTERVAL_S", 0.5)
     slow = agent("slow")
-    slow.wait_for_master()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as in_flight:
-        in_flight.settimeout(10)
-        in_flight.connect(str(slow.paths.docker_socket))
-        in_flight.sendall(b"request")
-        time.sleep(0.3)
-        slow.paused = "the data disk is full"
-        slow.carrier.pause(drop_connections=True)
+    with pause_with_a_request_in_flight(slow, "the data disk is full", True) as in_flight:
         assert in_flight.recv(16) == b""  # ended, not left hanging until space is freed
     assert not slow.carrier.master.running()
     slow.paused = ""
@@ -258,7 +257,7 @@ def test_a_master_left_by_a_killed_agent_is_ended_before_a_new_agent_serves(agen
     with pytest.raises(ForwardError, match="already being served"):
         successor.start()
     assert end_stale_master(old.paths.ssh_mux_socket)  # what the next agent does first
-    assert orphan.poll() is not None  # it has exited, not merely been asked to
+    assert orphan.wait(5) is not None  # it has exited, not merely been asked to
     with successor:
         assert ask(old.paths.docker_socket).endswith(b"OK")
 
