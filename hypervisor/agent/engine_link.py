@@ -55,13 +55,11 @@ class EngineLink:
         self._retired: list[Any] = []  # forwarders whose socket file was removed (keep_endpoint)
         self.host_agent: HostAgentForward | None = None
         self.carrier: SocketCarrier | None = None  # the OpenSSH master carrying engine connections
-        self._machine: Machine | None = None
 
     # --- connecting ------------------------------------------------------------------------
 
     async def reach(self, machine: Machine, deadline: float) -> None:
         """Until the guest's sshd answers with the pinned key (it starts long before the engine)."""
-        self._machine = machine
         self.ssh = GuestSSH(SSHTarget("127.0.0.1", machine.ssh_port, "root", machine.client_key,
                                       machine.host_public, self.paths.instance))
         await asyncio.get_running_loop().run_in_executor(None, self.ssh.wait_until_reachable, deadline)
@@ -76,19 +74,19 @@ class EngineLink:
         self.forwarder = self.platform.engine_forwarder(endpoint, self.open_engine_channel)
         await loop.run_in_executor(None, self.forwarder.start)
         self.board.update(docker_socket=str(endpoint))
-        self._start_carrier()
+        self._start_carrier(endpoint)
         self._start_ports(hmp, ssh_port)
         self._forward_host_agent()
 
-    def _start_carrier(self) -> None:
-        """The OpenSSH master where the engine socket is a unix socket (not a Windows pipe)."""
-        machine, endpoint = self._machine, self.platform.engine_endpoint(self.paths)
-        if machine is None or not isinstance(endpoint, Path):
+    def _start_carrier(self, endpoint: Path | str) -> None:
+        """The OpenSSH master where the engine socket is a unix socket (not a Windows pipe), to the
+        guest's sshd as this link's own transport reaches it."""
+        ssh = self.ssh
+        if ssh is None or not isinstance(endpoint, Path):
             self.board.update(socket_transport=AGENT_TRANSPORT)
             return
         try:
-            self.carrier = SocketCarrier(self.paths, endpoint, machine.ssh_port, machine.client_key,
-                                         machine.host_public, ENGINE_SOCKET,
+            self.carrier = SocketCarrier(self.paths, endpoint, ssh.target, ENGINE_SOCKET,
                                          on_change=lambda text: self.board.update(socket_transport=text))
             self.carrier.start()
         except (OSError, PinnaceError) as exc:

@@ -10,7 +10,6 @@ too and a new one is tried after REVIVE_INTERVAL_S. Its state is one status line
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import threading
@@ -18,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hypervisor import platform as host_platform
 from hypervisor.endpoint_switch import EndpointSwitch
 from hypervisor.errors import PinnaceError
 from hypervisor.openssh_mux import MasterSpec, OpenSSHMaster, known_hosts_line
 from hypervisor.paths import Paths
+from hypervisor.ssh import SSHTarget
 
 log = logging.getLogger("pinnace.agent")
 
@@ -41,21 +42,15 @@ def openssh_version(ssh_binary: str) -> str:
     return found.group(0) if found else ""
 
 
-def _write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-
-
 class SocketCarrier:
     """The ControlMaster of one running VM: started, watched, paused with the VM, revived."""
 
-    def __init__(self, paths: Paths, endpoint: Path, ssh_port: int, client_key: Path, host_public: str,
-                 remote_socket: str, on_change: Callable[[str], None], ssh_binary: str | None = None,
-                 user: str = "root") -> None:
-        _write_private(paths.ssh_known_hosts, known_hosts_line(host_public))
+    def __init__(self, paths: Paths, endpoint: Path, target: SSHTarget, remote_socket: str,
+                 on_change: Callable[[str], None], ssh_binary: str | None = None) -> None:
+        """`target`: the guest's sshd as the agent's own link reaches it (port, key, pinned key)."""
+        host_platform.current().write_private_text(paths.ssh_known_hosts, known_hosts_line(target.host_public))
         self.switch = EndpointSwitch(endpoint)
-        spec = MasterSpec("127.0.0.1", ssh_port, user, client_key, paths.ssh_known_hosts,
+        spec = MasterSpec(target.host, target.port, target.user, target.client_key, paths.ssh_known_hosts,
                           paths.ssh_mux_socket, endpoint.with_name(MASTER_LISTENER), remote_socket)
         self.master = OpenSSHMaster(spec, paths.ssh_master_log, ssh_binary)
         self._on_change = on_change

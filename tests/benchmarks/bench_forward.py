@@ -200,8 +200,7 @@ def serve_forwarders(target_json: str, work: Path, ping_remote: str, bulk_remote
 def carried(paths: Paths, target: SSHTarget, remote: str) -> Iterator[None]:
     """The agent's OpenSSH master on a forwarder's endpoint, once it serves."""
     states: list[str] = []
-    carrier = SocketCarrier(paths, paths.docker_socket, target.port, target.client_key, target.host_public,
-                            remote, states.append, user=target.user)
+    carrier = SocketCarrier(paths, paths.docker_socket, target, remote, states.append)
     carrier.start()
     try:
         deadline = time.monotonic() + 30

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.agent.socket_carrier import MASTER_LISTENER
+from hypervisor.endpoint_switch import OWN_NAME
 from tests.imagekit import busybox_binary, rootfs_tar
 from tests.waiting import wait_for
 
@@ -144,7 +146,7 @@ def connected_clients(socket_path: Path) -> int:
     listener or to the ssh master's, bound as engine.ssh beside it: this counts both, so it is
     exactly the open client sockets, plus connections still waiting in an accept backlog.
     """
-    wanted = {str(socket_path), str(socket_path.with_name("engine.ssh"))}
+    wanted = {str(socket_path), str(socket_path.with_name(MASTER_LISTENER))}
     count = 0
     with open("/proc/net/unix") as f:
         next(f)
@@ -547,14 +549,15 @@ def test_openssh_carries_the_socket_and_a_killed_master_costs_no_request(vm_inst
     wait_for("the OpenSSH master carrying the socket",
              lambda: _transport(vm_instance).endswith("ControlMaster"), 90, 0.5)
     sock = vm_instance.docker_socket
-    assert os.stat(sock).st_ino == os.stat(sock.with_name("engine.ssh")).st_ino
-    assert _mode(sock.with_name("engine.ssh")) == 0o600
+    master_listener, agent_listener = sock.with_name(MASTER_LISTENER), sock.with_name(OWN_NAME)
+    assert os.stat(sock).st_ino == os.stat(master_listener).st_ino
+    assert _mode(master_listener) == 0o600
     pid = master_pid(vm_instance.paths.ssh_mux_socket)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     # the agent takes the socket back as the master dies: the next request needs no retry
     wait_for("the agent's listener back",
-             lambda: os.stat(sock).st_ino == os.stat(sock.with_name("engine.own")).st_ino, 5, 0.01)
+             lambda: os.stat(sock).st_ino == os.stat(agent_listener).st_ino, 5, 0.01)
     assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
     assert "OpenSSH master exited: killed by signal 9" in _transport(vm_instance)
     wait_for("a new master", lambda: _transport(vm_instance).endswith("ControlMaster"), 120, 0.5)

@@ -78,9 +78,8 @@ class Agent:
         self.states: list[str] = []
         self.forwarder = UnixSocketForwarder(paths.docker_socket, self._open, "engine")
         self._ssh = ssh
-        target = sshd.target()
-        self.carrier = SocketCarrier(paths, paths.docker_socket, target.port, target.client_key, host_public,
-                                     str(remote), self.states.append, user=target.user)
+        self.carrier = SocketCarrier(paths, paths.docker_socket, sshd.target(host_public), str(remote),
+                                     self.states.append)
 
     def _open(self):  # noqa: ANN202 - a paramiko Channel
         if self.paused:
