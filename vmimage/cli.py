@@ -8,8 +8,8 @@ import platform
 import sys
 from pathlib import Path
 
-from vmimage import locations, manifest
-from vmimage.build import build_image, check_budget
+from vmimage import locations, manifest, pack
+from vmimage.build import BUDGET_TOTAL, build_image, check_budget
 from vmimage.errors import ImageError
 from vmimage.recipe import ARCHES, DEFAULT_RECIPE, load_recipe
 
@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction
     i.add_argument("--arch", choices=ARCHES, default=host_arch())
     i.add_argument("--dir", type=Path, help="image directory (default: the user data dir)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p = sub.add_parser("pack", help="write the image as shipped: one xz archive (the download)")
+    p.add_argument("--arch", choices=ARCHES, default=host_arch())
+    p.add_argument("--dir", type=Path, help="image directory (default: the user data dir)")
+    p.add_argument("--out", type=Path, default=Path.cwd(), help="archive file or directory (default: here)")
+    u = sub.add_parser("unpack", help="write a shipped image archive back into an image directory")
+    u.add_argument("archive", type=Path)
+    u.add_argument("--out", type=Path, help="image directory (default: the user data dir for its arch)")
     return sub
 
 
@@ -61,7 +68,20 @@ def run(args: argparse.Namespace) -> int:
         for problem in check_budget(result.manifest):
             print(f"note: over the size budget: {problem}")
         return 0
-    directory = args.dir or locations.default_image_dir(args.arch)
+    if args.image_command == "pack":
+        directory = args.dir or locations.default_image_dir(args.arch)
+        packed = pack.pack_image(directory, args.out)
+        print(f"{packed}  {_mib(packed.stat().st_size)} (budget {_mib(BUDGET_TOTAL)})")
+        for problem in check_budget(manifest.load(directory), packed.stat().st_size):
+            print(f"note: over the size budget: {problem}")
+        return 0
+    if args.image_command == "unpack":
+        if not args.archive.is_file():
+            raise pack.PackError(f"{args.archive}: no such file")
+        out = args.out or locations.build_image_dir(pack.manifest_of(args.archive).arch)
+        print(format_info(pack.unpack_image(args.archive, out), out))
+        return 0
+    directory = args.dir or pack.image_dir_for(args.arch)
     m = manifest.load(directory)
     print(m.to_json() if args.json else format_info(m, directory), end="\n" if not args.json else "")
     return 0

@@ -23,6 +23,8 @@ def initrd_entries(busybox: bytes, init_script: bytes) -> list[cpio.Entry]:
 
 
 def compress(data: bytes, method: str) -> bytes:
+    if method == "none":
+        return data
     if method == "gzip":
         return gzip.compress(data, compresslevel=9, mtime=0)
     if shutil.which("zstd") is None:

@@ -45,14 +45,35 @@ def bundled_image_roots(package_dir: Path | None = None) -> list[Path]:
 
 def default_image_dir(arch: str, env: Mapping[str, str] | None = None, package_dir: Path | None = None) -> Path:
     """The image to boot: PINNACE_IMAGE_DIR wins; then one the user built; then one an installer
-    shipped (users of a package never build); else the build location, so errors name it."""
+    shipped (users of a package never build), unpacked or as its archive's unpack directory; else
+    the build location, so errors name it."""
     user_dir = build_image_dir(arch, env)
     if (env if env is not None else os.environ).get("PINNACE_IMAGE_DIR") or _has_manifest(user_dir):
         return user_dir
     for root in bundled_image_roots(package_dir):
         if _has_manifest(root / arch):
             return root / arch
+    archive = bundled_archive(arch, package_dir)
+    if archive is not None:
+        return unpacked_dir(archive, env)
     return user_dir
+
+
+def bundled_archive(arch: str, package_dir: Path | None = None) -> Path | None:
+    """An image an installer shipped as its download form (`vmimage pack`), the newest by name."""
+    for root in bundled_image_roots(package_dir):
+        found = sorted(root.glob(f"*-{arch}.tar.xz")) if root.is_dir() else []
+        if found:
+            return found[-1]
+    return None
+
+
+def unpacked_dir(archive: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Where a shipped archive is unpacked on first use: the user's cache, one directory per archive
+    (its name carries the version; its size tells a rebuilt one apart), so an upgrade's new image
+    is used at once and a user-built image still wins."""
+    stem = archive.name.removesuffix(".tar.xz")
+    return cache_dir(env) / "images" / f"{stem}-{archive.stat().st_size}"
 
 
 def _has_manifest(directory: Path) -> bool:

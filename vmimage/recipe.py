@@ -187,8 +187,8 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
     if recipe.compression not in ROOTFS_COMPRESSIONS:
         raise RecipeError(f"{file}: rootfs.compression: must be one of {', '.join(ROOTFS_COMPRESSIONS)}, "
                           f"got {recipe.compression!r}")
-    if recipe.initrd_compression not in ("zstd", "gzip"):
-        raise RecipeError(f"{file}: initrd.compression: must be zstd or gzip")
+    if recipe.initrd_compression not in ("zstd", "gzip", "none"):
+        raise RecipeError(f"{file}: initrd.compression: must be zstd, gzip or none")
     for dest, guest in recipe.files.items():
         if not recipe.guest_file(guest.source).is_file():
             raise RecipeError(f"{file}: files.\"{dest}\".source: no such guest file {guest.source!r}")

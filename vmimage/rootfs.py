@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from vmimage import squashfs
 from vmimage.elf import is_elf, read_elf
 from vmimage.errors import RootfsError
 from vmimage.recipe import Recipe
@@ -188,6 +189,11 @@ def mksquashfs_argv(source: Path, output: Path, compression: str, block_size: st
 
 
 def pack_squashfs(source: Path, output: Path, recipe: Recipe, arch: str) -> None:
+    """lz4 (the shipped choice) is written by Pinnace's own writer, so `vmimage unpack` can write
+    the same bytes on any host; the other compressions (measurements only) by mksquashfs."""
+    if recipe.compression == "lz4":
+        squashfs.write_tree(source, output, squashfs.block_size_bytes(recipe.block_size))
+        return
     if shutil.which("mksquashfs") is None:
         raise RootfsError("mksquashfs not found: install squashfs-tools")
     argv = mksquashfs_argv(source, output, recipe.compression, recipe.block_size, arch)

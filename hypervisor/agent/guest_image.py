@@ -1,5 +1,6 @@
-"""The guest image an instance boots: where it is (vmimage.locations alone answers that) and
-whether its artefacts are the ones its manifest names (sizes, then sha256), before QEMU sees them.
+"""The guest image an instance boots: where it is (vmimage.locations answers that; an installer's
+archive is unpacked there first) and whether its artefacts are the ones its manifest names
+(sizes, then sha256), before QEMU sees them.
 
 Hashing ~70 MB at every start costs a noticeable part of a start, so each artefact's sha256 is
 remembered in a small JSON file in the user's cache dir (`image-sha256.json`), keyed by the file's
@@ -27,6 +28,7 @@ from hypervisor.errors import MachineError, SettingsError
 from hypervisor.paths import Paths
 from vmimage import locations
 from vmimage import manifest as image_manifest
+from vmimage import pack as image_pack
 
 log = logging.getLogger("pinnace.agent")
 
@@ -57,7 +59,10 @@ class GuestImage:
 
 def locate(arch: str) -> GuestImage:
     """The image for `arch` (ImageError naming the directory and the fix otherwise)."""
-    directory = locations.default_image_dir(arch)
+    try:
+        directory = image_pack.image_dir_for(arch)
+    except image_pack.PackError as exc:
+        raise ImageError("the guest image Pinnace shipped could not be unpacked (reinstall Pinnace)", exc) from exc
     if not (directory / "manifest.json").is_file():
         raise ImageError(f"no guest image for {arch} in {directory}: run `pinnace image build` first")
     try:

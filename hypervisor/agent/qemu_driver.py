@@ -136,7 +136,7 @@ class QemuDriver:
         qemu_img = find_qemu_img(os_name, self.env, shutil.which, Path.is_file, near=qemu_path)
         settings = self._load_settings(qemu_img)
         if image is None:
-            image = guest_image.locate(arch)
+            image = await loop.run_in_executor(None, guest_image.locate, arch)
             await loop.run_in_executor(None, guest_image.verify, image)
         elif image.manifest.arch != arch:
             raise guest_image.ImageError(f"the image in {image.directory} is for {image.manifest.arch}, not {arch}")

@@ -1,6 +1,6 @@
 """Build pinnace_<version>_<arch>.deb from this checkout and a built guest image.
 
-    .venv/bin/python installers/linux/build_deb.py [--image-dir DIR] [--out DIR]
+    .venv/bin/python installers/linux/build_deb.py [--image-dir DIR] [--image-archive FILE] [--out DIR]
 
 Why this layout and not PyInstaller: Debian's python3 already is on every Debian/Ubuntu desktop,
 so the package bundles only the pure-Python and abi3 wheels (pinned to the versions in the build
@@ -35,6 +35,7 @@ import qt_prune  # noqa: E402
 from shared import project_version  # noqa: E402
 
 from vmimage import manifest as image_manifest  # noqa: E402
+from vmimage import pack as image_pack  # noqa: E402
 
 log = logging.getLogger("build-deb")
 
@@ -114,17 +115,26 @@ def stage_python(stage: Path, machine: str, work: Path) -> None:
     strip_libraries(lib)
 
 
-def stage_image(stage: Path, image_dir: Path, arch: str) -> None:
+def stage_image(stage: Path, image_dir: Path, arch: str, archive: Path | None = None) -> None:
+    """The guest image as its download form (`vmimage pack`): unpacked into the user's cache on
+    first use. `archive` is one packed already from `image_dir` (packing takes minutes)."""
     try:
         m = image_manifest.load(image_dir)
         image_manifest.verify(image_dir, m)
     except image_manifest.ManifestError as exc:
         raise BuildError(f"no usable guest image in {image_dir}: {exc} (run `pinnace image build` first)") from exc
-    dest = stage / files.IMAGE_ROOT.lstrip("/") / arch
+    dest = stage / files.IMAGE_ROOT.lstrip("/")
     dest.mkdir(parents=True)
-    for name in [*(a.file for a in m.artifacts.values()), "manifest.json"]:
-        shutil.copy2(image_dir / name, dest / name)
-        (dest / name).chmod(0o644)
+    try:
+        if archive is None:
+            archive = image_pack.pack_image(image_dir, dest / image_pack.pack_name(m))
+        elif image_pack.manifest_of(archive).artifacts != m.artifacts:
+            raise BuildError(f"{archive} is not the image in {image_dir} packed")
+        else:
+            shutil.copy2(archive, dest / image_pack.pack_name(m))
+    except image_pack.PackError as exc:
+        raise BuildError(str(exc)) from exc
+    (dest / image_pack.pack_name(m)).chmod(0o644)
 
 
 def stage_desktop(stage: Path) -> None:
@@ -204,14 +214,15 @@ def normalise(stage: Path) -> None:
         os.utime(path, (when, when))
 
 
-def build(image_dir: Path, out: Path, arch: str = "x86_64", compression: str = "xz") -> Path:
+def build(image_dir: Path, out: Path, arch: str = "x86_64", compression: str = "xz",
+          archive: Path | None = None) -> Path:
     deb_arch = files.DEB_ARCH[arch]
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pinnace-deb-") as tmp:
         work = Path(tmp)
         stage = work / "stage"
         stage_python(stage, arch, work)
-        stage_image(stage, image_dir, arch)
+        stage_image(stage, image_dir, arch, archive)
         stage_desktop(stage)
         normalise(stage)
         stage_control(stage, deb_arch)
@@ -228,13 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build_deb.py", description="Build the Pinnace .deb.")
     parser.add_argument("--arch", default="x86_64", choices=sorted(files.DEB_ARCH))
     parser.add_argument("--image-dir", type=Path, help="built guest image (default: the user's image dir)")
+    parser.add_argument("--image-archive", type=Path, help="that image already packed (`pinnace image pack`)")
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
     parser.add_argument("--compression", default="xz", choices=("xz", "zstd", "gzip", "none"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="build-deb: %(message)s")
     image_dir = args.image_dir or locations.build_image_dir(args.arch)
     try:
-        print(build(image_dir, args.out, args.arch, args.compression))
+        print(build(image_dir, args.out, args.arch, args.compression, args.image_archive))
     except BuildError as exc:
         print(f"build-deb: error: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ SYSTEM_PYTHON_PACKAGES = {
     "bcrypt": "python3-bcrypt",
     "cffi": "python3-cffi-backend",
     "pycparser": None,  # only needed to build cffi modules, never at run time
+    "lz4": "python3-lz4",
 }
 
 # glibc 2.34: the newest manylinux tag among the bundled wheels (PySide6's).

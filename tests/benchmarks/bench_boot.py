@@ -6,7 +6,7 @@ distro VM (tests/distrovm.py, built once and cached), interleaved with Pinnace's
 alternating order, and reports Pinnace's start -> ready, idle guest memory and QEMU RSS as ratios
 to it (medians of the rounds).
 
-    .venv/bin/python tests/benchmarks/bench_boot.py [--rounds 3] [--settle 30] [--no-baseline]
+    .venv/bin/python tests/benchmarks/bench_boot.py [--rounds 3] [--settle 30] [--no-baseline] [--archive F]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from hypervisor.spec import ACCEL_OPTION, PROBE_MARKER, probe_argv  # noqa: E402
 from tests import distrovm  # noqa: E402
 from vmimage import locations, manifest  # noqa: E402
+from vmimage.build import BUDGET_TOTAL  # noqa: E402
 
 
 def pinnace(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -123,6 +124,7 @@ def print_baseline(rounds: int, settle: float, tb_mib: int, cpus: int, memory_mi
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--archive", type=Path, help="the image packed (`pinnace image pack`): print its size")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds idle before reading memory")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="interleave a stock Debian 13 VM (tests/distrovm.py; built once, cached) as a baseline")
@@ -202,10 +204,17 @@ def main() -> int:
     sizes = {k: m.artifacts[k].size for k in ("kernel", "initrd", "rootfs")}
     print("  sizes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
           + f", total {sum(sizes.values()) / 2**20:.1f} MiB")
-    cpio = subprocess.run(["zstd", "-d", "-c", str(initrd)], capture_output=True).stdout
+    cpio = initrd.read_bytes()
+    if not cpio.startswith(b"070701"):
+        cpio = subprocess.run(["zstd", "-d", "-c", str(initrd)], capture_output=True).stdout
+    zstd = subprocess.run(["zstd", "-19", "-c"], input=cpio, capture_output=True).stdout
     xz = lzma.compress(cpio, preset=9 | lzma.PRESET_EXTREME)
     print(f"  initrd compression: none {len(cpio) / 2**20:.2f} MiB, gzip-9 {len(gzip.compress(cpio, 9)) / 2**20:.2f}, "
-          f"zstd-19 {initrd.stat().st_size / 2**20:.2f}, xz-9e {len(xz) / 2**20:.2f} MiB")
+          f"zstd-19 {len(zstd) / 2**20:.2f}, xz-9e {len(xz) / 2**20:.2f} MiB")
+    if args.archive:
+        print(f"  shipped archive {args.archive.name}: {args.archive.stat().st_size / 2**20:.1f} MiB "
+              f"({args.archive.stat().st_size / 1e6:.1f} MB; budget {BUDGET_TOTAL / 2**20:.0f} MiB), "
+              f"installed from it {sum(sizes.values()) / 2**20:.1f} MiB")
     if vm:
         print_baseline(args.rounds, args.settle, tb_mib, cpus, memory_mib, vm, engine, pin, deb)
         if vm.build_seconds is not None:

@@ -137,3 +137,23 @@ def test_macos_bundle_images_are_found(tmp_path: Path) -> None:
     (images / "manifest.json").write_text("{}")
     env = {"PINNACE_HOME": str(tmp_path / "home")}
     assert locations.default_image_dir("aarch64", env, frameworks) == images
+
+
+def test_a_shipped_archive_unpacks_into_the_users_cache_and_a_user_build_still_wins(tmp_path: Path) -> None:
+    package_dir = tmp_path / "usr/lib/pinnace/python"
+    images = tmp_path / "usr/lib/pinnace/images"
+    images.mkdir(parents=True)
+    env = {"PINNACE_HOME": str(tmp_path / "home"), "PINNACE_CACHE_DIR": str(tmp_path / "cache")}
+    (images / "pinnace-0.1.0-aarch64.tar.xz").write_bytes(b"other arch")
+    assert locations.bundled_archive("x86_64", package_dir) is None
+    old, new = images / "pinnace-0.1.0-x86_64.tar.xz", images / "pinnace-0.2.0-x86_64.tar.xz"
+    old.write_bytes(b"old")
+    new.write_bytes(b"newer")
+    assert locations.bundled_archive("x86_64", package_dir) == new
+    unpacked = locations.default_image_dir("x86_64", env, package_dir)
+    assert unpacked == tmp_path / "cache/images/pinnace-0.2.0-x86_64-5"  # an upgrade's archive: a new dir
+    assert unpacked == locations.unpacked_dir(new, env)
+    user = tmp_path / "home/images/x86_64"
+    user.mkdir(parents=True)
+    (user / "manifest.json").write_text("{}")
+    assert locations.default_image_dir("x86_64", env, package_dir) == user
