@@ -21,7 +21,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,6 +74,15 @@ def pack_image(image_dir: Path, out: Path, preset: int = 9 | lzma.PRESET_EXTREME
     target = out / pack_name(m) if out.is_dir() else out
     if shutil.which("unsquashfs") is None:
         raise PackError("unsquashfs not found: install squashfs-tools")
+    try:
+        _pack(image_dir, m, target, preset)
+    except OSError as exc:
+        raise PackError(f"cannot pack {image_dir} into {target}", exc) from exc
+    log.info("packed %s (%.1f MiB)", target, target.stat().st_size / 2**20)
+    return target
+
+
+def _pack(image_dir: Path, m: manifest.Manifest, target: Path, preset: int) -> None:
     block_size = _block_size_of(m.path_of(image_dir, "rootfs"))
     with tempfile.TemporaryDirectory(prefix="pinnace-pack-", dir=target.parent) as tmp:
         tree = Path(tmp) / "root"
@@ -108,8 +117,6 @@ def pack_image(image_dir: Path, out: Path, preset: int = 9 | lzma.PRESET_EXTREME
                 else:
                     tar.addfile(info)
         partial.replace(target)
-    log.info("packed %s (%.1f MiB)", target, target.stat().st_size / 2**20)
-    return target
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -144,9 +151,9 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 def unpack_image(pack: Path, out: Path) -> manifest.Manifest:
     """Write the image shipped in `pack` into `out`: the root image rebuilt from the tree and every
     artefact checked against the manifest before any replaces what `out` held."""
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix=".pinnace-unpack-", dir=out) as tmp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".pinnace-unpack-", dir=out.parent) as tmp:
             staged = Path(tmp)
             found = _unpack_into(pack, staged)
             for kind, art in found.artifacts.items():
@@ -159,6 +166,7 @@ def unpack_image(pack: Path, out: Path) -> manifest.Manifest:
                                 "its content matches the archive", lz4_version())
                     found = dataclasses.replace(found, artifacts={**found.artifacts, kind: manifest.describe(path)})
                     manifest.save(staged, found)
+            out.mkdir(exist_ok=True)
             names = [*(a.file for a in found.artifacts.values()), "kernel.config"]
             for name in names:
                 if (staged / name).exists():
@@ -199,12 +207,12 @@ def _unpack_into(pack: Path, staged: Path) -> manifest.Manifest:
     return manifest.load(staged)
 
 
-def image_dir_for(arch: str) -> Path:
+def image_dir_for(arch: str, env: Mapping[str, str] | None = None, package_dir: Path | None = None) -> Path:
     """The image directory to boot or show for `arch` (vmimage.locations' choice); when that is
     where an installer's archive unpacks and it has not been yet, it is unpacked there first."""
-    directory = locations.default_image_dir(arch)
-    archive = locations.bundled_archive(arch)
-    if archive is not None and directory == locations.unpacked_dir(archive) and \
+    directory = locations.default_image_dir(arch, env, package_dir)
+    archive = locations.bundled_archive(arch, package_dir)
+    if archive is not None and directory == locations.unpacked_dir(archive, env) and \
             not (directory / manifest.MANIFEST).is_file():
         log.info("unpacking the guest image shipped in %s (the first use after an install)", archive)
         unpack_image(archive, directory)
