@@ -60,7 +60,8 @@ def default_image_dir(arch: str, env: Mapping[str, str] | None = None, package_d
 
 
 def bundled_archive(arch: str, package_dir: Path | None = None) -> Path | None:
-    """An image an installer shipped as its download form (`vmimage pack`), the newest by name."""
+    """An image an installer shipped as its download form (`vmimage pack`); an installer ships one
+    per architecture (the last by name otherwise)."""
     for root in bundled_image_roots(package_dir):
         found = sorted(root.glob(f"*-{arch}.tar.xz")) if root.is_dir() else []
         if found:

@@ -216,7 +216,17 @@ def image_dir_for(arch: str, env: Mapping[str, str] | None = None, package_dir: 
             not (directory / manifest.MANIFEST).is_file():
         log.info("unpacking the guest image shipped in %s (the first use after an install)", archive)
         unpack_image(archive, directory)
+        _remove_older_unpacks(directory, arch)
     return directory
+
+
+def _remove_older_unpacks(current: Path, arch: str) -> None:
+    """An upgrade's archive replaced the one these were unpacked from: they are cache (~93 MiB
+    each), and instances boot from their own staged copies, never from here."""
+    for other in current.parent.glob(f"*-{arch}-*"):
+        if other != current and other.is_dir() and (other / manifest.MANIFEST).is_file():
+            log.info("removing %s, unpacked from an earlier installation's image", other)
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def lz4_version() -> str:

@@ -154,7 +154,7 @@ class Writer:
         remaining = node.entry.size
         chunks: list[bytes] = []
         while remaining > 0:
-            chunk = data.read(min(self.block_size, remaining))
+            chunk = _read_up_to(data, min(self.block_size, remaining))
             if not chunk:
                 raise RootfsError(f"{node.entry.path}: shorter than its size {node.entry.size}")
             chunks.append(chunk)
@@ -239,6 +239,18 @@ class Writer:
         listings.write(listing)
         subdirs = sum(1 for c in node.children.values() if c.entry.kind == "dir")
         return head + struct.pack("<IIHHI", start >> 16, 2 + subdirs, len(listing) + 3, start & 0xFFFF, parent)
+
+
+def _read_up_to(data: BinaryIO, size: int) -> bytes:
+    """`size` bytes, fewer only at the end of the stream: a short read mid-file would cut a block."""
+    parts = []
+    while size > 0:
+        part = data.read(size)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def _post_order(node: _Node) -> Iterator[_Node]:

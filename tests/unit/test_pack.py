@@ -70,6 +70,14 @@ def test_a_shipped_archive_is_unpacked_once_on_first_use(packed: tuple[Path, man
     stamp = (first / "rootfs.img").stat().st_mtime_ns
     assert pack.image_dir_for("x86_64", env, package_dir) == first
     assert (first / "rootfs.img").stat().st_mtime_ns == stamp  # not unpacked again
+    # an upgrade: another archive name; the earlier unpack goes, another architecture's stays
+    foreign = tmp_path / "cache/images/pinnace-9.9-aarch64-1"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text("{}")
+    (images / archive.name).rename(images / "pinnace-10.0-x86_64.tar.xz")
+    second = pack.image_dir_for("x86_64", env, package_dir)
+    assert second != first and manifest.load(second) == built
+    assert not first.exists() and foreign.exists()
 
 
 def test_a_damaged_archive_names_itself_and_writes_nothing(packed: tuple[Path, manifest.Manifest],

@@ -146,3 +146,22 @@ def test_metadata_references_address_stored_blocks() -> None:
     blocks = meta.blocks()
     assert struct.unpack("<H", blocks[:2])[0] == squashfs.METADATA_SIZE | squashfs.UNCOMPRESSED_METADATA
     assert len(blocks) == squashfs.METADATA_SIZE + 5 + 4
+
+
+def test_a_stream_that_returns_short_reads_still_gives_whole_blocks(tmp_path: Path) -> None:
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read(self, size: int = -1) -> bytes:
+            part, self.data = self.data[:min(size, 1000)], self.data[min(size, 1000):]
+            return part
+
+    data = os.urandom(BLOCK) + b"a" * (BLOCK + 10)
+    whole, trickled = io.BytesIO(), io.BytesIO()
+    for out, source in ((whole, io.BytesIO(data)), (trickled, Trickle(data))):
+        writer = squashfs.Writer(out, BLOCK)
+        writer.add(squashfs.Entry("", "dir", 0o755))
+        writer.add(squashfs.Entry("f", "file", 0o644, size=len(data)), source)  # type: ignore[arg-type]
+        writer.finish()
+    assert whole.getvalue() == trickled.getvalue()
