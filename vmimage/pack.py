@@ -194,7 +194,8 @@ def _unpack_into(pack: Path, staged: Path) -> manifest.Manifest:
                     raise PackError(f"{pack}: no {LAYOUT} before the root tree")
                 if writer is None:
                     image = stack.enter_context(open(staged / manifest.load(staged).artifacts["rootfs"].file, "wb"))
-                    writer = squashfs.Writer(image, layout["block_size"], layout["level"])
+                    block_size = squashfs.block_size_bytes(str(layout["block_size"]))
+                    writer = squashfs.Writer(image, block_size, int(layout["level"]))
                 writer.add(_root_entry(info), _root_data(tar, info) if info.isreg() else None)
             elif "/" in info.name or info.name in ("", ".", "..") or not info.isreg():
                 raise PackError(f"{pack}: unexpected member {info.name!r}")
