@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 from pathlib import Path
 
@@ -51,7 +50,6 @@ def test_a_slot_that_disagrees_with_its_addend_keeps_the_file_as_it_is(tmp_path:
     assert data == before
 
 
-def test_restore_refuses_a_file_without_relocations(tmp_path: Path) -> None:
+def test_restore_refuses_a_file_without_relocations() -> None:
     with pytest.raises(ValueError):
         relocs.restore(bytearray(b"\x7fELF\x02\x01" + b"\0" * 100))
-    assert shutil.which("true") is not None
