@@ -36,3 +36,7 @@ class RootfsError(ImageError):
 
 class ManifestError(ImageError):
     """The manifest is missing, unreadable or corrupt."""
+
+
+class PackError(ImageError):
+    """A shipped image archive could not be written or read (names the file and what is wrong)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmimage import locations, manifest, relocs, squashfs
-from vmimage.errors import ImageError
+from vmimage.errors import PackError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ RELOCS_HEADER = "PINNACE.relocs"  # the member's bytes went through vmimage.relo
 # Go packages, which a dictionary smaller than the tree cannot see across files.
 DICT_SIZE = 192 << 20
 BRANCH_FILTERS = {"x86_64": lzma.FILTER_X86}  # Python's lzma has no ARM64 filter
-
-
-class PackError(ImageError):
-    """A shipped image could not be written or read (names the file and what is wrong)."""
 
 
 def pack_name(m: manifest.Manifest) -> str:

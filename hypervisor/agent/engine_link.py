@@ -13,8 +13,6 @@ cause; `close` never blocks longer than its bounds, even against a dead or pause
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from pathlib import Path
@@ -87,16 +85,9 @@ class EngineLink:
         if ssh is None or not isinstance(endpoint, Path):
             self.board.update(socket_transport=AGENT_TRANSPORT)
             return
-        loop = asyncio.get_running_loop()
-
-        def show(text: str) -> None:
-            """From the carrier's thread too: the board is the loop's, so a status read there
-            before a crash's `error` is never published after it."""
-            with contextlib.suppress(RuntimeError):  # the loop closed: the agent is ending
-                loop.call_soon_threadsafe(functools.partial(self.board.update, socket_transport=text))
-
         try:
-            self.carrier = SocketCarrier(self.paths, endpoint, ssh.target, ENGINE_SOCKET, on_change=show)
+            self.carrier = SocketCarrier(self.paths, endpoint, ssh.target, ENGINE_SOCKET,
+                                         on_change=self.board.updater("socket_transport"))
             self.carrier.start()
         except (OSError, PinnaceError) as exc:
             log.warning("the engine socket stays on %s: %s", AGENT_TRANSPORT, exc)
@@ -109,8 +100,7 @@ class EngineLink:
         if socket_path is None or ssh is None:
             self.board.update(host_ssh_agent=f"not forwarded: {why_not}" if why_not else "")
             return
-        self.host_agent = HostAgentForward(ssh.ensure_connected,
-                                           on_change=lambda text: self.board.update(host_ssh_agent=text))
+        self.host_agent = HostAgentForward(ssh.ensure_connected, on_change=self.board.updater("host_ssh_agent"))
         self.host_agent.start()
 
     async def keep_alive(self) -> None:

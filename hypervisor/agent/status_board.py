@@ -9,8 +9,11 @@ checked here, on every state change, so no part can publish an illegal one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,19 @@ class StatusBoard:
                 changed = True
         if changed:
             self.publish()
+
+    def updater(self, name: str) -> Callable[[Any], None]:
+        """`update(name=value)` for a part that reports from its own thread (the socket carrier,
+        the host ssh-agent forward): run on the loop this is made on, so a snapshot read on that
+        thread is never published after a newer state (a crash's `error`). Dropped once the loop
+        has closed: the agent is ending."""
+        loop = asyncio.get_running_loop()
+
+        def report(value: Any) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(functools.partial(self.update, **{name: value}))
+
+        return report
 
     def stage(self, text: str) -> None:
         if self._status.stage != text:
