@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UsageError
-from hypervisor import engine_config, engine_validate, launcher
+from hypervisor import engine_config, launcher
 from hypervisor import platform as host_platform
 from hypervisor.engine_config import EngineConfigError
 from hypervisor.paths import Paths
@@ -53,6 +53,8 @@ def check(paths: Paths, text: str, source: str) -> dict[str, Any]:
     """The parsed configuration, or EngineConfigError naming the key (the host's checks, then
     the running guest's dockerd)."""
     user = engine_config.parse(text, source)
+    from hypervisor import engine_validate  # a guest round trip; its imports (paramiko) only here
+
     problem = engine_validate.validate_in_guest(paths, engine_config.merged(user, _proxy(paths)))
     if problem:
         raise EngineConfigError(f"{source}: dockerd refuses it: {problem}")

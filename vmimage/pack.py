@@ -3,7 +3,8 @@ and the root *tree*, from which `unpack` writes the lz4 root image back, byte fo
 
 Why: the lz4 squashfs boots fastest but hardly compresses further (87 MiB, 70 in an xz package);
 the uncompressed tree under xz with the x86 branch filter is about half that, and less again
-without the pointers that position-independent executables hold twice (vmimage.relocs). The root
+without the pointers that position-independent executables hold twice (vmimage.relocs) and the
+symbol hash tables that are a function of their symbols (vmimage.gnuhash). The root
 image is rewritten by vmimage.squashfs with the block size recorded here, and every artefact is
 checked against the manifest's sha256 before anything is put in place.
 """
@@ -25,15 +26,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from vmimage import locations, manifest, relocs, squashfs
+from vmimage import gnuhash, locations, manifest, relocs, squashfs
 from vmimage.errors import PackError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: members may carry GNUHASH_HEADER
+READABLE_FORMATS = (1, 2)
 LAYOUT = "pack.json"
 ROOT = "root"
 RELOCS_HEADER = "PINNACE.relocs"  # the member's bytes went through vmimage.relocs.transform
+GNUHASH_HEADER = "PINNACE.gnuhash"  # ... and through vmimage.gnuhash.transform
 # LZMA2 over the whole tree in one window: dockerd, containerd and the shim share most of their
 # Go packages, which a dictionary smaller than the tree cannot see across files.
 DICT_SIZE = 192 << 20
@@ -107,8 +110,8 @@ def _pack(image_dir: Path, m: manifest.Manifest, target: Path, preset: int) -> N
                 info = _tarinfo(name, entry)
                 if entry.kind == "file":
                     data = bytearray((tree / entry.path).read_bytes())
-                    if relocs.transform(data):
-                        info.pax_headers = {RELOCS_HEADER: "1"}
+                    applied = {RELOCS_HEADER: relocs.transform(data), GNUHASH_HEADER: gnuhash.transform(data)}
+                    info.pax_headers = {header: "1" for header, done in applied.items() if done}
                     tar.addfile(info, io.BytesIO(data))
                 else:
                     tar.addfile(info)
@@ -183,8 +186,9 @@ def _unpack_into(pack: Path, staged: Path) -> manifest.Manifest:
         for info in _members(tar):
             if info.name == LAYOUT:
                 layout = json.loads(_read(tar, info))
-                if layout.get("format") != FORMAT:
-                    raise PackError(f"{pack}: archive format {layout.get('format')} (this Pinnace reads {FORMAT})")
+                if layout.get("format") not in READABLE_FORMATS:
+                    readable = ", ".join(map(str, READABLE_FORMATS))
+                    raise PackError(f"{pack}: archive format {layout.get('format')} (this Pinnace reads {readable})")
             elif info.name == ROOT or info.name.startswith(ROOT + "/"):
                 if layout is None:
                     raise PackError(f"{pack}: no {LAYOUT} before the root tree")
@@ -249,10 +253,14 @@ def manifest_of(pack: Path) -> manifest.Manifest:
 
 
 def _root_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> BinaryIO:
-    if info.pax_headers.get(RELOCS_HEADER) != "1":
+    hashed, relocated = (info.pax_headers.get(h) == "1" for h in (GNUHASH_HEADER, RELOCS_HEADER))
+    if not hashed and not relocated:
         return tar.extractfile(info) or io.BytesIO()
     data = bytearray(_read(tar, info))
-    relocs.restore(data)
+    if hashed:
+        gnuhash.restore(data)
+    if relocated:
+        relocs.restore(data)
     return io.BytesIO(data)
 
 

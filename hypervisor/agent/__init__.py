@@ -18,7 +18,21 @@ The CLI and the tray are clients; either can crash or quit without harming the V
 itself dies, QEMU keeps running and the next agent adopts it (pidfile + QMP socket).
 """
 
-from hypervisor.agent.agent import Agent
-from hypervisor.agent.entry import main
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Agent", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Agent` and `main` load the whole agent (paramiko, the servers) only when asked for: the CLI
+    imports this package for its small modules (image_slots, guest_image), and every command
+    would otherwise pay ~0.15 s of imports before it starts."""
+    if name == "Agent":
+        from hypervisor.agent.agent import Agent
+        return Agent
+    if name == "main":
+        from hypervisor.agent.entry import main
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

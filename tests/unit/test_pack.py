@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_unpack_writes_every_artefact_back_byte_for_byte(packed: tuple[Path, man
                                                          tmp_path: Path) -> None:
     archive, built = packed
     assert pack.manifest_of(archive) == built
+    with tarfile.open(archive, "r:xz") as tar:  # the executable went through both ELF transforms
+        assert tar.getmember("root/usr/bin/pie").pax_headers == {pack.RELOCS_HEADER: "1", pack.GNUHASH_HEADER: "1"}
     found = pack.unpack_image(archive, tmp_path / "again")
     assert found == built
     for name in ("vmlinuz", "initrd.img", "rootfs.img", "cmdline", "kernel.config", "manifest.json"):

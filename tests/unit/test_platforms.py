@@ -26,10 +26,13 @@ GUEST_DIR = DEFAULT_RECIPE.parent / "guest"
 
 # x86_64-only platform options and what the aarch64 fragment uses instead.
 X86_ONLY = {"KERNEL_ZSTD", "PARAVIRT", "HYPERVISOR_GUEST", "KVM_GUEST", "PVH", "X86_X2APIC", "X86_TSC", "HPET_TIMER",
-            "ACPI", "ACPI_BUTTON", "SERIAL_8250", "SERIAL_8250_CONSOLE", "RTC_DRV_CMOS"}
+            "ACPI", "ACPI_BUTTON", "SERIAL_8250", "SERIAL_8250_CONSOLE", "SERIAL_8250_NR_UARTS",
+            "SERIAL_8250_RUNTIME_UARTS", "RTC_DRV_CMOS", "SERIO"}  # SERIO: aarch64's kconfig selects it
+# Set on both, differently: x86_64 has no keyboard, aarch64's power button is a gpio-keys one.
+DIFFERS = {"INPUT_KEYBOARD"}
 VIRT_PLATFORM = {"SERIAL_AMBA_PL011": "y", "SERIAL_AMBA_PL011_CONSOLE": "y", "PCI_HOST_GENERIC": "y",
-                 "RTC_DRV_PL031": "y", "FW_CFG_SYSFS": "y", "GPIO_PL061": "y", "KEYBOARD_GPIO": "y",
-                 "INPUT_EVDEV": "y", "BINFMT_MISC": "y"}
+                 "RTC_DRV_PL031": "y", "FW_CFG_SYSFS": "y", "GPIO_PL061": "y", "INPUT_KEYBOARD": "y",
+                 "KEYBOARD_GPIO": "y", "INPUT_EVDEV": "y", "BINFMT_MISC": "y"}
 
 
 # --- aarch64 kernel fragment and recipe ------------------------------------------------------
@@ -38,7 +41,7 @@ VIRT_PLATFORM = {"SERIAL_AMBA_PL011": "y", "SERIAL_AMBA_PL011_CONSOLE": "y", "PC
 def test_aarch64_fragment_mirrors_x86_64_except_the_platform() -> None:
     x86 = parse_config((KERNEL_DIR / "x86_64.config").read_text())
     arm = parse_config((KERNEL_DIR / "aarch64.config").read_text())
-    missing = {k: v for k, v in x86.items() if k.removeprefix("CONFIG_") not in X86_ONLY and arm.get(k) != v}
+    missing = {k: v for k, v in x86.items() if k.removeprefix("CONFIG_") not in X86_ONLY | DIFFERS and arm.get(k) != v}
     assert not missing, f"aarch64.config lacks what x86_64.config has: {missing}"
     assert not [k for k in arm if k.removeprefix("CONFIG_") in X86_ONLY]
     for option, value in VIRT_PLATFORM.items():
