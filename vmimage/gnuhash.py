@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-ELF64_LE = b"\x7fELF\x02\x01"
+from vmimage.elf import sections
+
 SHT_DYNSYM, SHT_GNU_HASH = 11, 0x6FFFFFF6
 SYMBOL = struct.Struct("<IBBHQQ")
 HEADER = struct.Struct("<IIII")  # nbuckets, symoffset, bloom_size, bloom_shift
@@ -33,33 +34,18 @@ class Tables:
     dynstr_size: int
 
 
-def _sections(data: bytes | bytearray) -> list[tuple[int, int, int, int]]:
-    """(type, offset, size, link) of each section of a little-endian ELF64 file; [] otherwise."""
-    if len(data) < 64 or data[:6] != ELF64_LE:
-        return []
-    shoff, = struct.unpack_from("<Q", data, 40)
-    shentsize, shnum = struct.unpack_from("<HH", data, 58)
-    if shentsize < 64 or shoff + shnum * shentsize > len(data):
-        return []
-    sections = []
-    for i in range(shnum):
-        _, kind, _, _, offset, size, link = struct.unpack_from("<IIQQQQI", data, shoff + i * shentsize)
-        sections.append((kind, offset, size, link))
-    return sections
-
-
 def find_tables(data: bytes | bytearray) -> Tables | None:
-    sections = _sections(data)
-    for kind, offset, size, link in sections:
-        if kind != SHT_GNU_HASH or link >= len(sections):
+    found = sections(data)
+    for table in found:
+        if table.kind != SHT_GNU_HASH or table.link >= len(found):
             continue
-        sym_kind, sym_offset, sym_size, str_link = sections[link]
-        if sym_kind != SHT_DYNSYM or str_link >= len(sections):
+        symbols = found[table.link]
+        if symbols.kind != SHT_DYNSYM or symbols.link >= len(found):
             return None
-        _, str_offset, str_size, _ = sections[str_link]
-        if max(offset + size, sym_offset + sym_size, str_offset + str_size) > len(data):
+        strings = found[symbols.link]
+        if max(table.offset + table.size, symbols.offset + symbols.size, strings.offset + strings.size) > len(data):
             return None
-        return Tables(offset, size, sym_offset, sym_size, str_offset, str_size)
+        return Tables(table.offset, table.size, symbols.offset, symbols.size, strings.offset, strings.size)
     return None
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import struct
 
-ELF64_LE = b"\x7fELF\x02\x01"
+from vmimage.elf import ELF64_LE, sections
+
 RELATIVE = {62: 8, 183: 1027}  # e_machine -> R_*_RELATIVE: x86-64, AArch64
 SHT_RELA, PT_LOAD = 4, 1
 RELA = struct.Struct("<QQq")
@@ -27,21 +28,18 @@ def _rela_and_loads(data: bytes | bytearray) -> tuple[tuple[int, int] | None, li
     if len(data) < 64 or data[:6] != ELF64_LE:
         return None, [], 0
     machine, = struct.unpack_from("<H", data, 18)
-    phoff, shoff = struct.unpack_from("<QQ", data, 32)
-    phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 54)
-    if shoff + shnum * shentsize > len(data) or phoff + phnum * phentsize > len(data) or shstrndx >= shnum:
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    if phoff + phnum * phentsize > len(data):
         return None, [], machine
     loads = []
     for i in range(phnum):
         kind, _, offset, vaddr, _, filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
         if kind == PT_LOAD:
             loads.append((vaddr, offset, filesz))
-    names_offset = struct.unpack_from("<Q", data, shoff + shstrndx * shentsize + 24)[0]
-    for i in range(shnum):
-        name, kind, _, _, offset, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
-        start = names_offset + name
-        if kind == SHT_RELA and data[start:start + 10] == b".rela.dyn\0" and offset + size <= len(data):
-            return (offset, size), loads, machine
+    for section in sections(data):
+        if section.kind == SHT_RELA and section.name == b".rela.dyn" and section.offset + section.size <= len(data):
+            return (section.offset, section.size), loads, machine
     return None, loads, machine
 
 

@@ -82,6 +82,21 @@ def test_elf_reader_finds_interpreter_and_needed() -> None:
         elf.read_elf(b"#!/bin/sh\n")
 
 
+def test_elf_sections_name_and_link_the_dynamic_tables() -> None:
+    data = Path("/bin/ls").read_bytes()
+    found = elf.sections(data)
+    by_name = {s.name: s for s in found}
+    assert {b".gnu.hash", b".dynsym", b".dynstr", b".rela.dyn", b".text"} <= set(by_name)
+    assert by_name[b".gnu.hash"].kind == 0x6FFFFFF6
+    assert found[by_name[b".gnu.hash"].link].name == b".dynsym"
+    assert found[by_name[b".dynsym"].link].name == b".dynstr"
+    assert all(s.offset + s.size <= len(data) for s in found if s.kind != 8)  # SHT_NOBITS has no bytes
+    # Not ELF64, or a section table that runs past the end of the file: no sections, no exception.
+    assert elf.sections(b"#!/bin/sh\n" * 10) == []
+    truncated = bytearray(data[:4096])
+    assert elf.sections(truncated) == []
+
+
 def test_apt_options_never_touch_the_host_state(tmp_path: Path) -> None:
     opts = apt.apt_options(tmp_path, "aarch64")
     joined = " ".join(opts)
