@@ -181,14 +181,18 @@ class Progress:
             print(f"  {time.monotonic() - self.started:5.1f} s  {label}", flush=True)
 
 
-def _print_ready(paths: Paths, status: Status, use_context: bool) -> None:
+def _docker_context(paths: Paths) -> dockerctx.PendingContext:
+    return dockerctx.PendingContext(paths.instance, launcher.docker_host(paths))
+
+
+def _print_ready(paths: Paths, status: Status, context: dockerctx.PendingContext, use_context: bool) -> None:
     host = launcher.docker_host(paths)
     env_line = dockerctx.env_lines(host, dockerctx.default_shell())[0]  # PowerShell syntax on Windows
     print(f"Pinnace is running: Docker {status.engine_version} ({status.accel})")
     if status.accel_warning:
         print(f"warning: {status.accel_warning}")
     print(f"engine socket: {launcher.engine_address(paths)}")
-    ctx = dockerctx.ensure_context(paths.instance, host, use=use_context)
+    ctx = context.result(use=use_context)
     if ctx and use_context:
         print(f"docker context '{ctx}' is now current")
     elif ctx:
@@ -243,11 +247,13 @@ def cmd_start(paths: Paths, args: argparse.Namespace) -> int:
         for key, value in overrides.items():
             updated = settings_mod.set_value(updated, key, str(value), host, disk_gib)
         change = operations.change_settings(paths, updated, host, disk_gib)
+    context = _docker_context(paths)
     try:
         final = operations.start(paths, change, on_step=announce(paths), on_update=Progress())
     except OperationError as exc:
+        context.result()
         return failed(exc)
-    _print_ready(paths, final, args.use_context)
+    _print_ready(paths, final, context, args.use_context)
     return 0
 
 
@@ -271,11 +277,13 @@ def cmd_pause(paths: Paths, _args: argparse.Namespace) -> int:
 
 
 def cmd_restart(paths: Paths, _args: argparse.Namespace) -> int:
+    context = _docker_context(paths)
     try:
         final = operations.restart(paths, on_step=announce(paths), on_update=Progress())
     except OperationError as exc:
+        context.result()
         return failed(exc)
-    _print_ready(paths, final, False)
+    _print_ready(paths, final, context, False)
     return 0
 
 

@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 
 from app import shell_env
 
@@ -39,6 +40,33 @@ def ensure_context(instance: str, host: str, use: bool = False) -> str | None:
     if use:
         run([docker, "context", "use", name])
     return name
+
+
+class PendingContext:
+    """`ensure_context` on a thread from the start of `pinnace start`: its two docker CLI runs
+    (~0.2 s) overlap the boot instead of following it. `use` still happens only when the caller
+    asks for the result, after the engine is up."""
+
+    def __init__(self, instance: str, host: str) -> None:
+        self._name: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(instance, host), name="docker-context", daemon=True)
+        self._thread.start()
+
+    def _run(self, instance: str, host: str) -> None:
+        try:
+            self._name = ensure_context(instance, host)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("docker context for %s failed: %s", instance, exc)
+
+    def result(self, use: bool = False, timeout: float = 45.0) -> str | None:
+        """The context's name once it exists (None without a docker CLI, or if it failed); made
+        current if `use`."""
+        self._thread.join(timeout)
+        name = None if self._thread.is_alive() else self._name
+        docker = shutil.which("docker")
+        if name and use and docker:
+            subprocess.run([docker, "context", "use", name], capture_output=True, text=True, timeout=20)
+        return name
 
 
 def default_shell(platform: str | None = None) -> str:

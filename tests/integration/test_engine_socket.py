@@ -183,6 +183,28 @@ def test_docker_version_shows_server_26(vm_instance):
 
 
 @pytest.mark.vm
+@pytest.mark.timeout(120)
+def test_start_leaves_a_docker_context_that_reaches_the_engine(vm_instance):
+    """`pinnace start` writes the `pinnace` context (on a thread while the VM boots), and makes it
+    current only with --use-context."""
+    env = {k: v for k, v in vm_instance.env.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
+
+    def docker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    host = json.loads(docker("context", "inspect", "pinnace").stdout)[0]["Endpoints"]["docker"]["Host"]
+    assert host == vm_instance.docker_host
+    assert docker("--context", "pinnace", "version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
+    assert docker("context", "show").stdout.strip() == "default", "not made current unless asked"
+    again = vm_instance.pinnace("start", "--use-context")
+    assert again.returncode == 0 and "docker context 'pinnace' is now current" in again.stdout, again.stdout
+    try:
+        assert docker("context", "show").stdout.strip() == "pinnace"
+    finally:
+        docker("context", "use", "default")
+
+
+@pytest.mark.vm
 @pytest.mark.timeout(180)
 def test_run_echo_prints_hi(vm_instance, busybox):
     proc = vm_instance.docker("run", "--rm", busybox, "echo", "hi")

@@ -1,7 +1,8 @@
 """The machine's whole life through the real CLI, real QEMU and the real engine (issue: the machine).
 
-start → status → stop (clean) → start (data kept, clean fsck) → kill -9 agent (re-adopted) →
-kill -9 QEMU (error with reason, start works) → reset (data gone, settings kept).
+start → status → stop (clean) → larger disk, start (filesystem grown, data kept, clean fsck) →
+kill -9 agent (re-adopted) → kill -9 QEMU (error with reason, start works) → reset (data gone,
+settings kept).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def gone(pid: int) -> bool:
     return False
 
 
+def data_disk_kib(vm, image: str) -> int:  # noqa: ANN001
+    """The size of the filesystem that holds the engine's volumes, as a container sees it."""
+    out = vm.docker("run", "--rm", "-v", "keep:/keep", image, "stat", "-f", "-c", "%b %S", "/keep").stdout
+    blocks, block_size = (int(n) for n in out.split())
+    return blocks * block_size // 1024
+
+
 def wait_gone(pid: int, timeout: float = 10) -> None:
     wait_for(f"pid {pid} to exit", lambda: gone(pid), timeout, 0.1)
 
@@ -58,6 +66,7 @@ def test_machine_lifecycle(fresh_instance) -> None:  # noqa: ANN001
     client.volumes.create("keep")
     vm.docker("run", "--rm", "-v", "keep:/keep", image, "sh", "-c", "echo persisted > /keep/file")
 
+    before_kib = data_disk_kib(vm, image)
     stopped = vm.pinnace("stop", timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     assert status_of(vm)["state"] == "stopped"
@@ -66,12 +75,17 @@ def test_machine_lifecycle(fresh_instance) -> None:  # noqa: ANN001
     again = vm.pinnace("stop")
     assert again.returncode == 0 and "not running" in again.stdout
 
+    # A larger disk while stopped: the next boot grows the filesystem online, the data kept.
+    gib = int(vm.pinnace("config", "get", "disk_gib").stdout.strip()) + 1
+    assert vm.pinnace("config", "set", "disk_gib", str(gib)).returncode == 0
     assert vm.pinnace("start").returncode == 0
     serial = vm.paths.serial_log.read_text(errors="replace")
     fsck = [line for line in serial.splitlines() if "fsck" in line]
     assert fsck and "clean" in fsck[-1] and "recover" not in serial.lower(), fsck
     out = vm.docker("run", "--rm", "-v", "keep:/keep", image, "cat", "/keep/file").stdout
     assert out.strip() == "persisted"
+    grown_kib = data_disk_kib(vm, image)
+    assert grown_kib - before_kib > 900 * 1024, f"the filesystem did not grow: {before_kib} -> {grown_kib} KiB"
 
     # The agent dies: QEMU keeps running and the next command re-adopts it.
     st = status_of(vm)
