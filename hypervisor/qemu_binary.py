@@ -121,6 +121,26 @@ def find_qemu(
     return found
 
 
+def firmware_candidates(qemu: Path, name: str, host_os: str) -> list[Path]:
+    """Where a QEMU install keeps its firmware blobs, relative to the binary (and to the file a
+    symlinked binary points at, as Homebrew's are): <prefix>/share/qemu on Unix-like installs, the
+    install directory itself on Windows."""
+    if host_os == "windows":
+        bin_dir = ntpath.dirname(str(qemu))
+        return [Path(ntpath.join(bin_dir, name)), Path(ntpath.join(bin_dir, "share", name))]
+    found: list[Path] = []
+    for binary in dict.fromkeys((qemu, qemu.resolve())):
+        candidate = binary.parent.parent / "share" / "qemu" / name
+        if candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def find_firmware(qemu: Path, name: str, host_os: str, is_file: IsFile = Path.is_file) -> Path | None:
+    """The firmware file `name` of this QEMU install, or None when it does not ship it."""
+    return next((p for p in firmware_candidates(qemu, name, host_os) if is_file(p)), None)
+
+
 def find_qemu_img(
     host_os: str,
     env: Mapping[str, str],

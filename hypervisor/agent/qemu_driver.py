@@ -31,10 +31,10 @@ from hypervisor.keys import authorized_keys_line, ensure_instance_keys
 from hypervisor.monitor import Monitor
 from hypervisor.paths import Paths
 from hypervisor.platform import Platform
-from hypervisor.qemu_binary import QemuBinary, find_qemu, find_qemu_img
+from hypervisor.qemu_binary import QemuBinary, find_firmware, find_qemu, find_qemu_img
 from hypervisor.settings import HostFacts, Settings
 from hypervisor.settings import load as load_settings
-from hypervisor.spec import MachineSpec, build_argv, probe_argv
+from hypervisor.spec import FIRMWARE, MachineSpec, build_argv, probe_argv
 
 log = logging.getLogger("pinnace.agent")
 
@@ -175,6 +175,7 @@ class QemuDriver:
 
         port = free_loopback_port()
         self.platform.write_private_text(self.paths.ssh_port_file, str(port))
+        firmware = self._firmware(qemu.path, arch, verdict.accel, os_name)
         spec = MachineSpec(
             name=self.paths.instance, arch=arch, cpus=settings.cpus, memory_mib=settings.memory_mib,
             kernel=kernel, initrd=initrd, rootfs=image.path("rootfs"), cmdline=image.cmdline,
@@ -187,6 +188,7 @@ class QemuDriver:
                     *self.engine_setup.fw_cfg),
             serial_log=self.paths.serial_log, qmp_socket=self.qmp_address(fresh=True),
             pidfile=self.paths.qemu_pidfile, shares=tuple(shares), share_socket_dir=self.paths.socket_dir,
+            firmware=firmware,
         )
         self.board.update(cpus=settings.cpus, memory_mib=settings.memory_mib, disk_gib=settings.disk_gib,
                           ssh_port=port)
@@ -208,6 +210,17 @@ class QemuDriver:
     def _load_settings(self, qemu_img: Path) -> Settings:
         current = disk.virtual_size_gib(qemu_img, self.paths.data_disk)
         return load_settings(self.paths.settings_file, HostFacts.detect(), current)
+
+    @staticmethod
+    def _firmware(qemu: Path, arch: str, accel_name: str, os_name: str) -> Path | None:
+        """spec.FIRMWARE for this guest and accelerator, if this QEMU install ships it."""
+        name = FIRMWARE.get((arch, accel_name))
+        if name is None:
+            return None
+        found = find_firmware(qemu, name, os_name)
+        if found is None:
+            log.info("firmware: %s is not beside %s; QEMU's default firmware boots the VM", name, qemu)
+        return found
 
     def _plan_shares(self, settings: Settings) -> tuple[list[mounts.GuestShare], virtiofsd.Daemon | None]:
         """The shares and their transport; the virtiofsd to start for them (None for 9p)."""

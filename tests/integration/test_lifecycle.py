@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
+from hypervisor.qemu_binary import find_firmware
 from tests.imagekit import busybox_image
 from tests.waiting import wait_for
 
@@ -57,6 +61,12 @@ def test_machine_lifecycle(fresh_instance) -> None:  # noqa: ANN001
     if st["accel"] == "tcg" and os.path.exists("/dev/kvm"):
         assert "KVM" in st["accel_reason"], "the KVM probe's verdict must be named"
     assert st["cpus"] == 1
+    # Under TCG on x86, qboot boots it where QEMU ships it (hypervisor/spec.py FIRMWARE); the clean
+    # stop below proves the ACPI power button works with it.
+    qboot = find_firmware(Path(shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"), "qboot.rom",
+                          "linux")
+    if st["accel"] == "tcg" and platform.machine() == "x86_64" and qboot is not None:
+        assert f"-bios {qboot}" in vm.paths.agent_log.read_text(errors="replace")
 
     again = vm.pinnace("start")
     assert again.returncode == 0 and "already running" in again.stdout

@@ -13,6 +13,7 @@ from hypervisor.qemu_binary import (
     QemuBinary,
     accelerators_from_help,
     check_version,
+    find_firmware,
     find_qemu,
     find_qemu_img,
     parse_version,
@@ -200,3 +201,25 @@ def test_qemu_binary_probe_cannot_run() -> None:
 def test_qemu_binary_probe_missing_binary_for_real(tmp_path: Path) -> None:
     with pytest.raises(QemuNotFoundError, match="cannot run it"):
         QemuBinary.probe(tmp_path / "no-such-qemu")
+
+
+@pytest.mark.parametrize(("host_os", "qemu", "expected"), [
+    ("linux", "/usr/bin/qemu-system-x86_64", "/usr/share/qemu/qboot.rom"),
+    ("darwin", "/opt/homebrew/bin/qemu-system-x86_64", "/opt/homebrew/share/qemu/qboot.rom"),
+    ("windows", r"C:\Program Files\qemu\qemu-system-x86_64.exe", r"C:\Program Files\qemu\qboot.rom"),
+])
+def test_firmware_is_looked_up_in_the_qemu_install(host_os: str, qemu: str, expected: str) -> None:
+    assert find_firmware(Path(qemu), "qboot.rom", host_os, files(expected)) == Path(expected)
+    assert find_firmware(Path(qemu), "qboot.rom", host_os, files()) is None  # not shipped: QEMU's default
+
+
+def test_firmware_follows_a_symlinked_binary(tmp_path: Path) -> None:
+    cellar = tmp_path / "Cellar" / "qemu" / "9.2"
+    (cellar / "bin").mkdir(parents=True)
+    (cellar / "share" / "qemu").mkdir(parents=True)
+    (cellar / "bin" / "qemu-system-x86_64").write_text("")
+    (cellar / "share" / "qemu" / "qboot.rom").write_text("")
+    (tmp_path / "bin").mkdir()
+    link = tmp_path / "bin" / "qemu-system-x86_64"
+    link.symlink_to(cellar / "bin" / "qemu-system-x86_64")
+    assert find_firmware(link, "qboot.rom", "darwin") == cellar / "share" / "qemu" / "qboot.rom"

@@ -8,7 +8,7 @@ import pytest
 
 from hypervisor.errors import AcceleratorError
 from hypervisor.mounts import GuestShare
-from hypervisor.spec import MachineSpec, build_argv, probe_argv
+from hypervisor.spec import FIRMWARE, MachineSpec, build_argv, probe_argv
 
 QEMU = Path("/usr/bin/qemu-system-x")
 
@@ -105,6 +105,13 @@ def test_full_argv_devices_and_plumbing() -> None:
     assert one(argv, "-serial") == "chardev:serial0"
     assert one(argv, "-qmp") == "unix:/run/qmp.sock,server=on,wait=off"
     assert one(argv, "-pidfile") == "/run/qemu.pid"
+
+
+def test_firmware_only_when_given() -> None:
+    assert "-bios" not in build_argv(QEMU, make_spec(), "tcg", "linux")
+    argv = build_argv(QEMU, make_spec(firmware=Path("/usr/share/qemu/qboot.rom")), "tcg", "linux")
+    assert one(argv, "-bios") == "/usr/share/qemu/qboot.rom"
+    assert FIRMWARE == {("x86_64", "tcg"): "qboot.rom"}  # measured there only; KVM/HVF/WHPX keep QEMU's
 
 
 @pytest.mark.parametrize(("arch", "accel", "machine"), [
