@@ -16,7 +16,6 @@ import os
 import queue
 import select
 import socket
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import paramiko
 from hypervisor import platform as host_platform
 from hypervisor.errors import EngineUnavailableError, ForwardError
 from hypervisor.platform import NotPrivateError
+from hypervisor.unix_socket import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -374,31 +374,6 @@ def _prepare_private_dir(directory: Path) -> None:
         host_platform.current().private_dir(directory)
     except NotPrivateError as e:
         raise ForwardError(f"socket directory {e}") from e
-
-
-def remove_stale_socket(path: Path) -> None:
-    """Remove a socket file nobody accepts on; refuse to touch a live socket or a non-socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ForwardError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        log.info("removing stale socket %s", path)
-        os.unlink(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise ForwardError(f"cannot tell whether {path} is in use", e) from e
-    finally:
-        probe.close()
-    raise ForwardError(f"{path} is already being served by another process")
 
 
 def _bind_private(path: Path) -> socket.socket:

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypervisor.agent.status_board import StatusBoard
 from hypervisor.control import OPS, decode, encode, is_pipe
 from hypervisor.errors import ControlError, PinnaceError
-from hypervisor.forward import remove_stale_socket
+from hypervisor.unix_socket import remove_stale_socket
 
 log = logging.getLogger("pinnace.agent")
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypervisor import engine, mounts
 from hypervisor.agent.file_events import FileEventRelay
@@ -33,7 +33,9 @@ from hypervisor.platform import Platform
 from hypervisor.port_publisher import Hmp, PortPublisher
 from hypervisor.settings import HostFacts
 from hypervisor.settings import load as load_settings
-from hypervisor.ssh import GuestSSH, SSHTarget
+
+if TYPE_CHECKING:
+    from hypervisor.ssh import GuestSSH
 
 log = logging.getLogger("pinnace.agent")
 
@@ -60,9 +62,17 @@ class EngineLink:
 
     async def reach(self, machine: Machine, deadline: float) -> None:
         """Until the guest's sshd answers with the pinned key (it starts long before the engine)."""
-        self.ssh = GuestSSH(SSHTarget("127.0.0.1", machine.ssh_port, "root", machine.client_key,
-                                      machine.host_public, self.paths.instance))
-        await asyncio.get_running_loop().run_in_executor(None, self.ssh.wait_until_reachable, deadline)
+
+        def connect() -> None:
+            # SSH (paramiko, ~0.1 s of imports) loads here, on an executor thread while the guest
+            # boots, not before QEMU starts.
+            from hypervisor.ssh import GuestSSH, SSHTarget
+
+            self.ssh = GuestSSH(SSHTarget("127.0.0.1", machine.ssh_port, "root", machine.client_key,
+                                          machine.host_public, self.paths.instance))
+            self.ssh.wait_until_reachable(deadline)
+
+        await asyncio.get_running_loop().run_in_executor(None, connect)
 
     async def attach(self, hmp: Hmp, ssh_port: int, deadline: float) -> None:
         """The engine answering, its socket forwarded and published ports followed."""

@@ -18,8 +18,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import paramiko.agent
-
 log = logging.getLogger("pinnace.agent")
 
 GUEST_PATH = "/run/host-services/ssh-auth.sock"
@@ -94,6 +92,8 @@ class HostAgentForward:
         transport = self.open_transport()
         channel = transport.open_session(timeout=10.0)
         self._channel = channel
+        import paramiko.agent  # here, not at the top: the agent loads SSH after QEMU has started
+
         paramiko.agent.AgentRequestHandler(channel)  # answers the guest's agent channels from SSH_AUTH_SOCK
         channel.exec_command(GUEST_COMMAND)
         return channel

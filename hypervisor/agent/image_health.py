@@ -8,10 +8,13 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hypervisor import engine
 from hypervisor.errors import MachineError, PinnaceError
-from hypervisor.ssh import GuestSSH, run_command
+
+if TYPE_CHECKING:
+    from hypervisor.ssh import GuestSSH
 
 DATA_MOUNT = "/data"  # where vmimage/guest/boot mounts the data disk
 ENGINE_CALL_TIMEOUT_S = 15.0
@@ -65,6 +68,8 @@ async def check(open_engine_channel: Callable[[], object], ssh: GuestSSH | None,
     def mounts() -> str:
         if ssh is None:
             raise MachineError("the VM is not running")
+        from hypervisor.ssh import run_command  # the agent loads SSH only once QEMU runs
+
         done = run_command(ssh, "cat /proc/mounts", timeout=max(1.0, min(15.0, deadline - time.monotonic())))
         return done.stdout.decode(errors="replace")
 

@@ -16,13 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypervisor import platform as host_platform
 from hypervisor.endpoint_switch import EndpointSwitch
 from hypervisor.errors import PinnaceError
 from hypervisor.openssh_mux import MasterSpec, OpenSSHMaster, known_hosts_line
 from hypervisor.paths import Paths
-from hypervisor.ssh import SSHTarget
+
+if TYPE_CHECKING:
+    from hypervisor.ssh import SSHTarget
 
 log = logging.getLogger("pinnace.agent")
 
