@@ -24,22 +24,30 @@ def context_argv(docker: str, name: str, host: str, exists: bool) -> list[str]:
     return [docker, "context", verb, name, "--description", "Pinnace engine VM", "--docker", f"host={host}"]
 
 
-def ensure_context(instance: str, host: str, use: bool = False) -> str | None:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20)
+
+
+def ensure_context(instance: str, host: str) -> str | None:
     """Returns the context name, or None when the docker CLI is not installed. `host` is
     launcher.docker_host(): unix://<socket>, or npipe:////./pipe/pinnace-<instance> on Windows."""
     docker = shutil.which("docker")
     if docker is None:
         return None
     name = context_name(instance)
-    run = lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=20)  # noqa: E731
-    exists = run([docker, "context", "inspect", name]).returncode == 0
-    result = run(context_argv(docker, name, host, exists))
+    exists = _run([docker, "context", "inspect", name]).returncode == 0
+    result = _run(context_argv(docker, name, host, exists))
     if result.returncode != 0:
         log.warning("docker context %s failed: %s", name, result.stderr.strip())
         return None
-    if use:
-        run([docker, "context", "use", name])
     return name
+
+
+def make_current(name: str) -> None:
+    """`docker context use NAME`: only when the user asked for it (--use-context)."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        _run([docker, "context", "use", name])
 
 
 class PendingContext:
@@ -63,9 +71,8 @@ class PendingContext:
         current if `use`."""
         self._thread.join(timeout)
         name = None if self._thread.is_alive() else self._name
-        docker = shutil.which("docker")
-        if name and use and docker:
-            subprocess.run([docker, "context", "use", name], capture_output=True, text=True, timeout=20)
+        if name and use:
+            make_current(name)
         return name
 
 

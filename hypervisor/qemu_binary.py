@@ -128,12 +128,7 @@ def firmware_candidates(qemu: Path, name: str, host_os: str) -> list[Path]:
     if host_os == "windows":
         bin_dir = ntpath.dirname(str(qemu))
         return [Path(ntpath.join(bin_dir, name)), Path(ntpath.join(bin_dir, "share", name))]
-    found: list[Path] = []
-    for binary in dict.fromkeys((qemu, qemu.resolve())):
-        candidate = binary.parent.parent / "share" / "qemu" / name
-        if candidate not in found:
-            found.append(candidate)
-    return found
+    return list(dict.fromkeys(binary.parent.parent / "share" / "qemu" / name for binary in (qemu, qemu.resolve())))
 
 
 def find_firmware(qemu: Path, name: str, host_os: str, is_file: IsFile = Path.is_file) -> Path | None:
