@@ -91,6 +91,20 @@ class Instance:
 
         return docker.DockerClient(base_url=self.docker_host, timeout=300)
 
+    def busybox_image(self) -> str:
+        """Import the busybox image (once) through a client that is closed at once.
+
+        An SDK client left to the garbage collector keeps an idle keep-alive connection to the
+        engine socket open until some later collection, which upsets tests that count them.
+        """
+        from tests.imagekit import busybox_image
+
+        client = self.client()
+        try:
+            return busybox_image(client)
+        finally:
+            client.close()
+
 
 def make_instance(tmp_root: Path, image: Path, name: str = "default") -> Instance:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PINNACE_", "DOCKER_"))}
@@ -111,9 +125,7 @@ def vm_instance(tmp_path_factory: pytest.TempPathFactory, image_dir: Path):
 
 @pytest.fixture(scope="session")
 def busybox(vm_instance: Instance) -> str:
-    from tests.imagekit import busybox_image
-
-    return busybox_image(vm_instance.client())
+    return vm_instance.busybox_image()
 
 
 @pytest.fixture

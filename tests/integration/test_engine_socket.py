@@ -138,23 +138,27 @@ def api_get(path: str, url: str, timeout: float = 60.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def connected_clients(socket_path: Path) -> int:
-    """Accepted (server-side) connections on the listening sockets behind `socket_path`.
+def accepted_sockets(socket_path: Path) -> set[str]:
+    """Inodes of the accepted (server-side) connections on the listeners behind `socket_path`.
 
     In /proc/net/unix a listener's accepted sockets carry the path it was bound at; state 03 is
     SS_CONNECTED (the listener itself is 01). The engine socket's name leads to the agent's
-    listener or to the ssh master's, bound as engine.ssh beside it: this counts both, so it is
+    listener or to the ssh master's, bound as engine.ssh beside it: this takes both, so it is
     exactly the open client sockets, plus connections still waiting in an accept backlog.
     """
     wanted = {str(socket_path), str(socket_path.with_name(MASTER_LISTENER))}
-    count = 0
+    found: set[str] = set()
     with open("/proc/net/unix") as f:
         next(f)
         for line in f:
             parts = line.split(None, 7)
             if len(parts) == 8 and parts[7].rstrip("\n") in wanted and parts[5] == "03":
-                count += 1
-    return count
+                found.add(parts[6])
+    return found
+
+
+def connected_clients(socket_path: Path) -> int:
+    return len(accepted_sockets(socket_path))
 
 
 def ssh_port(vm) -> int:  # noqa: ANN001 - conftest.Instance
@@ -463,7 +467,9 @@ def test_client_killed_mid_load_leaves_no_stuck_channel(vm_instance):
     """SIGKILL the docker CLI in the middle of a `docker load` upload: the forwarder must drop
     that connection (its server-side socket disappears) and the engine socket keeps working."""
     sock_path = vm_instance.docker_socket
-    baseline = connected_clients(sock_path)
+    # By inode, not by count: another client's idle connection closing meanwhile (an SDK client
+    # left to the garbage collector, say) must not hide the upload's, nor pass for its end.
+    before = accepted_sockets(sock_path)
     proc = subprocess.Popen(["docker", "load"], env=docker_env(vm_instance), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sent = 0
@@ -487,16 +493,16 @@ def test_client_killed_mid_load_leaves_no_stuck_channel(vm_instance):
     feeder.start()
     try:
         wait_for("24 MiB to go up", lambda: sent >= 24 * MIB, 120, 0.2)
-        peak = connected_clients(sock_path)
-        assert peak > baseline, "the upload's connection is not visible in /proc/net/unix"
+        uploads = accepted_sockets(sock_path) - before
+        assert uploads, "the upload's connection is not visible in /proc/net/unix"
     finally:
         proc.kill()
         proc.wait()
         stop.set()
         feeder.join(timeout=10)
     # The forwarder must notice the hang-up and drop the client and its channel.
-    wait_for(f"the connections back to the baseline {baseline}",
-             lambda: connected_clients(sock_path) <= baseline, 30, 0.2)
+    wait_for(f"the upload's connections {sorted(uploads)} dropped",
+             lambda: not accepted_sockets(sock_path) & uploads, 30, 0.2)
     status, body = api_get(str(sock_path), "/_ping")
     assert (status, body) == (200, b"OK")
     assert vm_instance.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")

@@ -85,11 +85,9 @@ def test_sigterm_to_the_agent_powers_the_guest_off_cleanly(faults_vm: Instance) 
 
 @pytest.mark.timeout(900)
 def test_damaged_superblock_is_repaired_or_refused_never_formatted(faults_vm: Instance, tmp_path: Path) -> None:
-    from tests.imagekit import busybox_image
-
     vm = faults_vm
     started(vm)
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     vm.docker("run", "--rm", "-v", "precious:/v", image, "sh", "-c", "echo keep > /v/f && sync")
     assert vm.pinnace("stop").returncode == 0
 
@@ -217,11 +215,9 @@ def busy_session(vm: Instance, image: str) -> None:
 def test_a_crashed_qemu_is_reported_at_once_and_restarted(faults_vm: Instance) -> None:
     """kill -9 of QEMU after a long, busy session: `error` with the reason within 2 s, then the
     VM boots again by itself; a volume file written and synced before the kill is intact."""
-    from tests.imagekit import busybox_image
-
     vm = faults_vm
     started(vm)
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     busy_session(vm, image)
     vm.docker("run", "--rm", "-v", "synced:/v", image, "sh", "-c", "echo before-the-crash > /v/f && sync")
     recorder = StatusRecorder(vm)
@@ -247,11 +243,9 @@ def test_a_wiped_runtime_dir_and_an_orphan_never_get_a_second_qemu(faults_vm: In
     """A logout deletes the runtime dir under the running VM: the agent serves its sockets again
     and `status` still sees the same QEMU. An agent killed with its monitor socket gone leaves an
     orphan: `status` reports it, `reset` cannot delete the disk under it, `stop` ends it."""
-    from tests.imagekit import busybox_image
-
     vm = faults_vm
     started(vm)
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     vm.docker("run", "--rm", "-v", "kept:/v", image, "sh", "-c", "echo kept > /v/f && sync")
     before = status_json(vm)
     shutil.rmtree(vm.paths.runtime_dir)
@@ -320,12 +314,10 @@ def fill(fs: Path, leave_mib: int) -> Path:
 
 @pytest.mark.timeout(900)
 def test_a_full_host_disk_pauses_the_vm_and_space_resumes_it(tmpfs_home: Path, image_dir: Path) -> None:
-    from tests.imagekit import busybox_image
-
     vm = make_instance(tmpfs_home / "home", image_dir, name="full")
     try:
         started(vm)
-        image = busybox_image(vm.client())
+        image = vm.busybox_image()
         recorder = StatusRecorder(vm)
         ballast = fill(tmpfs_home, 150)
         env = {**vm.env, "DOCKER_HOST": vm.docker_host}

@@ -61,13 +61,12 @@ def ok(done: Any) -> str:
 @pytest.mark.timeout(600)
 def test_an_update_boots_passes_its_check_and_is_kept(updates_vm: tuple[Instance, Path, Path],
                                                       image_dir: Path) -> None:
-    from tests.imagekit import busybox_image
 
     vm, installed, _ = updates_vm
     ok(vm.pinnace("start"))
     first = status_of(vm)
     assert (first["image_version"], first["image_role"]) == ("0.0.1+a", "known good")
-    busybox_image(vm.client())
+    vm.busybox_image()
     vm.docker("run", "--rm", "-v", f"{VOLUME}:/v", "pinnace-test/busybox", "sh", "-c", "echo kept > /v/kept && sync")
     assert marker(vm) == "A"
 

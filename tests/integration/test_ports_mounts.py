@@ -465,10 +465,9 @@ def share_vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.mark.timeout(900)
 def test_share_transport_both_ways(share_vm) -> None:  # noqa: ANN001
-    from tests.imagekit import busybox_image
 
     vm, transport, rw, ro = share_vm
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     assert fstype_of(vm, image, rw) == transport
     assert fstype_of(vm, image, ro) == transport
     check_both_ways(vm, image, rw)
@@ -476,12 +475,11 @@ def test_share_transport_both_ways(share_vm) -> None:  # noqa: ANN001
 
 @pytest.mark.timeout(600)
 def test_share_transport_file_events(share_vm) -> None:  # noqa: ANN001
-    from tests.imagekit import busybox_image
 
     vm, _transport, rw, _ro = share_vm
     tree = rw / f"events-{uuid.uuid4().hex[:6]}"
     tree.mkdir()
-    check_file_events(vm, busybox_image(vm.client()), tree)
+    check_file_events(vm, vm.busybox_image(), tree)
 
 
 MMAP_C = r"""
@@ -505,12 +503,11 @@ int main(int argc, char **argv) {
 @pytest.mark.timeout(600)
 def test_share_transport_shared_writable_mmap(share_vm) -> None:  # noqa: ANN001
     """What sqlite's WAL, LMDB and friends need; virtiofs' cache=none would refuse it (ENODEV)."""
-    from tests.imagekit import busybox_image
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the mmap probe")
     vm, _transport, rw, _ro = share_vm
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     work = rw / f"mmap-{uuid.uuid4().hex[:6]}"
     work.mkdir()
     (work / "mm.c").write_text(MMAP_C)
@@ -550,13 +547,12 @@ def test_share_transport_sqlite_wal_written_in_a_container_reads_on_the_host(sha
     must be whole and in WAL mode when the host opens it."""
     import sqlite3
 
-    from tests.imagekit import busybox_image
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the sqlite probe")
     assert SQLITE_STATIC.exists(), "libsqlite3-dev (scripts/install.sh installs it)"
     vm, _transport, rw, _ro = share_vm
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     work = rw / f"sqlite-{uuid.uuid4().hex[:6]}"
     work.mkdir()
     (work / "wal.c").write_text(SQLITE_WAL_C)
@@ -572,10 +568,9 @@ def test_share_transport_sqlite_wal_written_in_a_container_reads_on_the_host(sha
 
 @pytest.mark.timeout(600)
 def test_share_transport_read_only_refuses_writes(share_vm) -> None:  # noqa: ANN001
-    from tests.imagekit import busybox_image
 
     vm, transport, _rw, ro = share_vm
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     (ro / "data.txt").write_text("read me\n")
     out = vm.docker("run", "--rm", "-v", f"{ro}:/ro", image, "cat", "/ro/data.txt").stdout
     assert out == "read me\n"
@@ -595,10 +590,9 @@ def test_share_transport_read_only_refuses_writes(share_vm) -> None:  # noqa: AN
 
 @pytest.mark.timeout(600)
 def test_share_transport_unshared_home_is_the_vms_own(share_vm) -> None:  # noqa: ANN001
-    from tests.imagekit import busybox_image
 
     vm, _transport, rw, _ro = share_vm
-    image = busybox_image(vm.client())
+    image = vm.busybox_image()
     # $HOME is not shared: a bind of it is the VM's own directory, without the host's files.
     marker = HOME / f"{rw.name}-marker"
     marker.write_text("host only\n")

@@ -71,11 +71,9 @@ def push_pull(vm: Instance, ref: str) -> None:
 
 
 def test_without_the_ca_the_x509_error_reaches_the_user_and_plain_http_is_refused(world: Setup) -> None:
-    from tests.imagekit import busybox_image
-
     vm = world.vm
     ok(vm.pinnace("start"))
-    busybox_image(vm.client())
+    vm.busybox_image()
     vm.docker("tag", TAG, f"{world.tls.address}/team/app:1")
     failed = vm.docker("push", f"{world.tls.address}/team/app:1", check=False)
     assert failed.returncode != 0

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,6 @@ from hypervisor.guest_clock import (
     parse_offset,
     set_clock_command,
 )
-from vmimage import locations
 from vmimage.recipe import load_recipe
 from vmimage.rootfs import inittab
 
@@ -205,41 +203,12 @@ def test_clock_service_is_in_the_image() -> None:
 # --- a real busybox sh on the host ---------------------------------------------------------
 
 
-def _busybox_candidates() -> Iterator[Path]:
-    for name in ("busybox",):
-        found = shutil.which(name)
-        if found:
-            yield Path(found)
-    yield from (Path("/bin/busybox"), Path("/usr/bin/busybox"))
-
-
-def _cached_guest_busybox_deb() -> Path | None:
-    """busybox-static as the image build fetched it: the guest's very busybox."""
-    try:
-        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    debs = sorted(locations.cache_dir().glob(f"apt/*/debs/busybox-static_*_{arch.strip()}.deb"))
-    return debs[-1] if debs else None
-
-
 @pytest.fixture(scope="module")
-def busybox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for candidate in _busybox_candidates():
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            binary = candidate
-            break
-    else:
-        deb = _cached_guest_busybox_deb()
-        if deb is None or shutil.which("dpkg-deb") is None:
-            pytest.skip("no busybox on this host (install busybox-static, or build the image once)")
-        dest = tmp_path_factory.mktemp("busybox")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
-        binary = dest / "usr" / "bin" / "busybox"
-    out = subprocess.run([str(binary), "sh", "-c", 'echo "$EPOCHREALTIME"'], capture_output=True, text=True)
+def busybox(host_busybox: Path) -> Path:
+    out = subprocess.run([str(host_busybox), "sh", "-c", 'echo "$EPOCHREALTIME"'], capture_output=True, text=True)
     if not re.fullmatch(r"\d+\.\d{6}\n", out.stdout):
-        pytest.skip(f"{binary}: its sh has no $EPOCHREALTIME (the guest's busybox 1.37 has)")
-    return binary
+        pytest.skip(f"{host_busybox}: its sh has no $EPOCHREALTIME (the guest's busybox 1.37 has)")
+    return host_busybox
 
 
 @pytest.fixture(scope="module")
