@@ -33,13 +33,18 @@ cat > "{input}"
 """
 
 
-def firewall_fragment(console: Path) -> str:
-    """The boot script's `fail` and its firewall block, the console redirected to a file."""
+def firewall_fragment(console: Path, extra_rules: tuple[str, ...] = ()) -> str:
+    """The boot script's `fail` and its firewall block, the console redirected to a file;
+    `extra_rules` are appended to the rule list."""
     lines = BOOT_SCRIPT.read_text().splitlines()
     fail = next(line for line in lines if line.startswith("fail() "))
     start = next(i for i, line in enumerate(lines) if line.startswith("FIREWALL="))
     end = next(i for i in range(start, len(lines)) if lines[i] == "fi")
-    return "\n".join([fail, *lines[start:end + 1], "echo booted-on"]).replace("/dev/console", str(console)) + "\n"
+    block = lines[start:end + 1]
+    if extra_rules:
+        last = next(i for i, line in enumerate(block) if line.endswith("'"))
+        block[last:last + 1] = [block[last][:-1], *extra_rules[:-1], extra_rules[-1] + "'"]
+    return "\n".join([fail, *block, "echo booted-on"]).replace("/dev/console", str(console)) + "\n"
 
 
 @dataclass
@@ -60,9 +65,9 @@ def run_firewall(tmp_path: Path, host_busybox: Path):  # noqa: ANN201 - a runner
     for fake in bin_dir.iterdir():
         fake.chmod(0o755)
     script = tmp_path / "firewall.sh"
-    script.write_text(firewall_fragment(console))
 
-    def run(restore_ok: bool, refuse: str = "", present: str = "") -> Run:
+    def run(restore_ok: bool, refuse: str = "", present: str = "", extra_rules: tuple[str, ...] = ()) -> Run:
+        script.write_text(firewall_fragment(console, extra_rules))
         for path in (log, restore_input, console):
             path.unlink(missing_ok=True)
         env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_RESTORE_OK": "yes" if restore_ok else "no",
@@ -86,6 +91,16 @@ def test_all_rules_go_in_one_restore_when_it_is_accepted(run_firewall) -> None: 
     assert run.returncode == 0 and run.console == ""
     assert run.restore_input.splitlines() == ["*nat", *NAT_RULES, "COMMIT", "*filter", SSHD_RULE, "COMMIT"]
     assert run.iptables_calls == []
+
+
+def test_the_restore_has_a_block_for_each_run_of_a_table_in_the_list(run_firewall) -> None:  # noqa: ANN001
+    # A rule in a table the list did not have yet, and nat coming back after it: nothing is left out.
+    run = run_firewall(restore_ok=True, extra_rules=("may mangle PREROUTING -A -j ACCEPT",
+                                                     "may nat OUTPUT -A -j ACCEPT"))
+    assert run.returncode == 0
+    assert run.restore_input.splitlines() == ["*nat", *NAT_RULES, "COMMIT", "*filter", SSHD_RULE, "COMMIT",
+                                              "*mangle", "-A PREROUTING -j ACCEPT", "COMMIT",
+                                              "*nat", "-A OUTPUT -j ACCEPT", "COMMIT"]
 
 
 def test_a_refused_restore_adds_the_same_rules_one_by_one(run_firewall) -> None:  # noqa: ANN001
